@@ -1,0 +1,125 @@
+"""Checkpoint files in the reference's layout: one torch.save'd dict per file, network name -> state_dict.
+
+    ckptio = CheckpointIO('expr/checkpoints/{:06d}_nets_ema.ckpt', generator=g, mapping_network=f, style_encoder=e)
+    ckptio.save(step)   # atomic: written to a temp file in the same folder, then renamed
+    ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`
+
+Anything with state_dict()/load_state_dict() can be registered (networks, optimisers, plain dicts via `StateDict`).
+"""
+import os
+import tempfile
+
+import torch
+
+# which command-line flags change the shape of which parameters: named in shape-mismatch errors
+_SHAPE_FLAGS = '--img_size, --num_domains, --w_hpf, --latent_dim, --style_dim (and --base_dim/--max_conv_dim/--hidden_dim)'
+
+
+def atomic_torch_save(obj, fname):
+    """torch.save to a temp file beside fname, fsync, then rename: fname is either the old file or the complete new one."""
+    folder = os.path.dirname(os.path.abspath(fname))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(fname) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fname)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap(module):
+    """The module inside a DataParallel/DistributedDataParallel/torch.compile wrapper."""
+    while True:
+        if hasattr(module, 'module') and isinstance(module, torch.nn.Module):
+            module = module.module
+        elif hasattr(module, '_orig_mod'):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def strip_module_prefix(state_dict):
+    if isinstance(state_dict, dict) and state_dict and all(
+            isinstance(k, str) and k.startswith('module.') for k in state_dict):
+        return type(state_dict)((k[len('module.'):], v) for k, v in state_dict.items())
+    return state_dict
+
+
+class StateDict:
+    """Wraps a plain dict so that CheckpointIO can save and restore it in place."""
+
+    def __init__(self, data=None):
+        self.data = {} if data is None else data
+
+    def state_dict(self):
+        return self.data
+
+    def load_state_dict(self, state):
+        self.data.clear()
+        self.data.update(state)
+
+
+class CheckpointIO:
+    def __init__(self, fname_template, data_parallel=False, **kwargs):
+        # data_parallel: kept for the reference's signature; wrappers are unwrapped automatically
+        os.makedirs(os.path.dirname(fname_template) or '.', exist_ok=True)
+        self.fname_template = fname_template
+        self.module_dict = kwargs
+
+    def register(self, **kwargs):
+        self.module_dict.update(kwargs)
+
+    def fname(self, step):
+        return self.fname_template.format(step)
+
+    def save(self, step):
+        fname = self.fname(step)
+        outdict = {name: unwrap(module).state_dict() for name, module in self.module_dict.items()}
+        atomic_torch_save(outdict, fname)
+        return fname
+
+    def load(self, step, strict=True):
+        fname = self.fname(step)
+        if not os.path.exists(fname):
+            folder = os.path.dirname(fname) or '.'
+            have = sorted(f for f in os.listdir(folder) if f.endswith('.ckpt')) if os.path.isdir(folder) else []
+            hint = f' Checkpoints in {folder}: {", ".join(have[:8])}' if have else f' {folder} has no checkpoints.'
+            raise FileNotFoundError(f'Checkpoint not found: {fname} (check --resume_iter and --checkpoint_dir).{hint}')
+        try:
+            module_dict = torch.load(fname, map_location='cpu', weights_only=False)
+        except Exception as e:  # truncated or not a torch file
+            raise RuntimeError(f'Could not read checkpoint {fname}: {e}') from e
+        for name, module in self.module_dict.items():
+            if name not in module_dict:
+                raise KeyError(f'{fname} has no entry "{name}" (it has: {", ".join(map(str, module_dict))})')
+            load_into(unwrap(module), strip_module_prefix(module_dict[name]), name, fname, strict=strict)
+        return fname
+
+
+def load_into(module, state_dict, name, fname, strict=True):
+    """load_state_dict with errors that name the file, the network, the parameter and the flags that likely differ."""
+    if not isinstance(module, torch.nn.Module):
+        try:
+            module.load_state_dict(state_dict)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise RuntimeError(f'{fname}: cannot restore "{name}": {e}. Was it saved with other flags ({_SHAPE_FLAGS})?') from e
+        return
+    own = module.state_dict()
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in state_dict.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
+    if mismatched:
+        raise RuntimeError(
+            f'{fname}: "{name}" does not fit the network built from the flags: {len(mismatched)} shape mismatches, '
+            f'e.g. {"; ".join(mismatched[:3])}. Likely differing flags: {_SHAPE_FLAGS}.')
+    result = module.load_state_dict(state_dict, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise RuntimeError(
+            f'{fname}: "{name}" does not fit the network built from the flags: '
+            f'missing {result.missing_keys[:5]} ({len(result.missing_keys)}), '
+            f'unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}). '
+            f'Likely differing flags: {_SHAPE_FLAGS}.')
