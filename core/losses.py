@@ -1,0 +1,101 @@
+"""The StarGAN v2 objectives (SPEC section 3) as pure functions: tensors in, (loss, Munch of detached 0-d tensors) out.
+
+`args` is anything with w_hpf and the lambda_* weights (the Solver passes the current lambda_ds).
+Nothing here reads a value back to the host: call .item() only when logging.
+"""
+import torch
+import torch.nn.functional as F
+from munch import Munch
+
+
+def adv_loss(logits, target):
+    assert target in [1, 0]
+    targets = torch.full_like(logits, fill_value=target)
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def r1_reg(d_out, x_in):
+    """Zero-centred gradient penalty on real images: 0.5 * E_batch[ sum_pixels (d sum(D) / d x)^2 ]."""
+    batch_size = x_in.size(0)
+    grad_dout = torch.autograd.grad(outputs=d_out.sum(), inputs=x_in,
+                                    create_graph=True, retain_graph=True, only_inputs=True)[0]
+    grad_dout2 = grad_dout.pow(2)
+    assert grad_dout2.size() == x_in.size()
+    return 0.5 * grad_dout2.view(batch_size, -1).sum(1).mean(0)
+
+
+def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, masks=None):
+    """D loss with the target style from a latent code (z_trg) or a reference image (x_ref)."""
+    assert (z_trg is None) != (x_ref is None)
+    # a fresh leaf, so that x_real itself stays free of autograd (the reference flags it, which makes every later
+    # G loss of the iteration also compute gradients with respect to the input images)
+    x_real = x_real.detach().requires_grad_()
+    out = nets.discriminator(x_real, y_org)
+    loss_real = adv_loss(out, 1)
+    loss_reg = r1_reg(out, x_real)
+
+    with torch.no_grad():
+        if z_trg is not None:
+            s_trg = nets.mapping_network(z_trg, y_trg)
+        else:
+            s_trg = nets.style_encoder(x_ref, y_trg)
+        x_fake = nets.generator(x_real, s_trg, masks=masks)
+    out = nets.discriminator(x_fake, y_trg)
+    loss_fake = adv_loss(out, 0)
+
+    loss = loss_real + loss_fake + args.lambda_reg * loss_reg
+    return loss, Munch(real=loss_real.detach(), fake=loss_fake.detach(), reg=loss_reg.detach())
+
+
+def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, masks=None):
+    """G loss = adv + lambda_sty * sty - lambda_ds * ds + lambda_cyc * cyc, styles from latents or references."""
+    assert (z_trgs is None) != (x_refs is None)
+    if z_trgs is not None:
+        z_trg, z_trg2 = z_trgs
+        s_trg = nets.mapping_network(z_trg, y_trg)
+    else:
+        x_ref, x_ref2 = x_refs
+        s_trg = nets.style_encoder(x_ref, y_trg)
+
+    # adversarial loss
+    x_fake = nets.generator(x_real, s_trg, masks=masks)
+    out = nets.discriminator(x_fake, y_trg)
+    loss_adv = adv_loss(out, 1)
+
+    # style reconstruction loss
+    s_pred = nets.style_encoder(x_fake, y_trg)
+    loss_sty = torch.mean(torch.abs(s_pred - s_trg))
+
+    # diversity sensitive loss
+    if z_trgs is not None:
+        s_trg2 = nets.mapping_network(z_trg2, y_trg)
+    else:
+        s_trg2 = nets.style_encoder(x_ref2, y_trg)
+    x_fake2 = nets.generator(x_real, s_trg2, masks=masks).detach()
+    loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
+
+    # cycle-consistency loss
+    masks = nets.fan.get_heatmap(x_fake) if args.w_hpf > 0 else None
+    s_org = nets.style_encoder(x_real, y_org)
+    x_rec = nets.generator(x_fake, s_org, masks=masks)
+    loss_cyc = torch.mean(torch.abs(x_rec - x_real))
+
+    loss = loss_adv + args.lambda_sty * loss_sty - args.lambda_ds * loss_ds + args.lambda_cyc * loss_cyc
+    return loss, Munch(adv=loss_adv.detach(), sty=loss_sty.detach(), ds=loss_ds.detach(), cyc=loss_cyc.detach())
+
+
+@torch.no_grad()
+def moving_average(model, model_test, beta=0.999):
+    """model_test <- lerp(model, model_test, beta) for every parameter (buffers are not averaged, as in the reference)."""
+    params = [p.detach() for p in model.parameters()]
+    params_ema = [p.detach() for p in model_test.parameters()]
+    # the same lerp(param, param_ema, beta) as the reference, one fused launch per network
+    torch._foreach_copy_(params_ema, torch._foreach_lerp(params, params_ema, beta))
+
+
+def lambda_ds_at(step, lambda_ds, ds_iter):
+    """The diversity weight used at (0-based) iteration `step`: linear decay from lambda_ds to 0 over ds_iter
+    iterations. The reference decrements args.lambda_ds in place (and forgets it on resume); this is its closed form."""
+    if ds_iter <= 0:
+        return 0.0
+    return max(0.0, lambda_ds * (1.0 - step / ds_iter))

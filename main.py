@@ -1,0 +1,95 @@
+"""StarGAN v2: train, sample, evaluate, align.
+
+    python main.py --mode train --preset demo                  # the quickstart: synthetic data, CPU, minutes
+    python main.py --mode train --preset celeba_hq             # the paper's CelebA-HQ setting (data/celeba_hq)
+    python main.py --mode sample --resume_iter 100000 --checkpoint_dir expr/checkpoints/celeba_hq
+    torchrun --nproc_per_node 4 main.py --mode train ...       # one process per GPU
+"""
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from munch import Munch
+
+from core.config import parse_args, save_config
+from core.data_loader import DataError, get_test_loader, get_train_loader
+from core.distributed import cleanup, init_distributed
+from core.solver import NonFiniteLossError, Solver
+
+
+def subdirs(dname):
+    return sorted(d for d in os.listdir(dname) if os.path.isdir(os.path.join(dname, d)))
+
+
+def main(args):
+    dist_info = init_distributed(args.device)
+    device = dist_info.device
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+
+    if args.preset == 'demo' and args.mode in ('train', 'sample', 'eval'):
+        from core.demo_data import make_demo_dataset
+        if dist_info.rank == 0:
+            make_demo_dataset(os.path.dirname(args.train_img_dir.rstrip('/')))
+
+    if args.mode == 'train':
+        if args.batch_size % dist_info.world_size:
+            raise SystemExit(f'--batch_size {args.batch_size} (global) must be divisible by the number of '
+                             f'processes ({dist_info.world_size})')
+        local_batch = args.batch_size // dist_info.world_size
+        solver = Solver(args, device)
+        start = args.resume_iter if args.resume_iter >= 0 else _latest(args)
+        common = dict(img_size=args.img_size, batch_size=local_batch, prob=args.randcrop_prob,
+                      num_workers=args.num_workers, seed=args.seed, start_step=start, num_domains=args.num_domains,
+                      skip_bad_images=args.skip_bad_images, rank=dist_info.rank, world_size=dist_info.world_size,
+                      pin_memory=device.type == 'cuda', latent_dim=args.latent_dim)
+        loaders = Munch(src=get_train_loader(args.train_img_dir, which='source', **common),
+                        ref=get_train_loader(args.train_img_dir, which='reference', **common),
+                        val=get_test_loader(args.val_img_dir, img_size=args.img_size,
+                                            batch_size=args.val_batch_size, shuffle=True,
+                                            num_workers=args.num_workers, num_domains=args.num_domains,
+                                            seed=args.seed))
+        if dist_info.rank == 0:
+            save_config(args, os.path.join(args.checkpoint_dir, 'args.json'))
+        solver.train(loaders)
+    elif args.mode == 'sample':
+        for flag, d in (('--src_dir', args.src_dir), ('--ref_dir', args.ref_dir)):
+            if os.path.isdir(d) and len(subdirs(d)) != args.num_domains:
+                raise DataError(f'{flag}: {d} has {len(subdirs(d))} domain folders but --num_domains is '
+                                f'{args.num_domains}')
+        solver = Solver(args, device)
+        loaders = Munch(src=get_test_loader(args.src_dir, img_size=args.img_size, batch_size=args.val_batch_size,
+                                            shuffle=False, num_workers=args.num_workers, flag='--src_dir'),
+                        ref=get_test_loader(args.ref_dir, img_size=args.img_size, batch_size=args.val_batch_size,
+                                            shuffle=False, num_workers=args.num_workers, flag='--ref_dir'))
+        solver.sample(loaders)
+    elif args.mode == 'eval':
+        solver = Solver(args, device)
+        solver.evaluate()
+    elif args.mode == 'align':
+        from core.wing import align_faces
+        align_faces(args, args.inp_dir, args.out_dir)
+    cleanup()
+
+
+def _latest(args):
+    from core.solver import find_latest_step
+    return find_latest_step(args.checkpoint_dir)
+
+
+if __name__ == '__main__':
+    args = parse_args()
+    print(args)
+    try:
+        main(args)
+    except (DataError, FileNotFoundError, NonFiniteLossError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f'\n{e or "interrupted"}', file=sys.stderr)
+        sys.exit(130)

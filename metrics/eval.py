@@ -1,0 +1,172 @@
+"""FID and LPIPS of a trained model, the reference's protocol (SPEC section 6), computed in one pass.
+
+    calculate_metrics(nets_ema, args, step, mode='latent')      # then mode='reference'
+    # -> eval_dir/LPIPS_{step:05d}_{mode}.json, eval_dir/FID_{step:05d}_{mode}.json, eval_dir/{src}2{trg}/*.png
+
+For every ordered pair of different domains (task `{src}2{trg}`) each validation image of src gets
+num_outs_per_domain translations with trg styles (latent: a new z per output; reference: the next batch of trg
+validation images). LPIPS: mean pairwise distance of the outputs of a batch, averaged over batches, then tasks.
+FID: the outputs against the TRAINING images of trg.
+
+The numbers are the reference's; what is faster:
+- the real statistics of each training domain are computed once and cached on disk (metrics.fid.folder_statistics);
+- the generated images go to Inception straight from memory: quantised to the PNG's uint8 pixels and put through
+  the eval loader's PIL transform, so the features are those of the PNGs read back (writing them is optional);
+- LPIPS is built once and every image goes through AlexNet once per batch, not once per pair;
+- the matrix square roots of FID run in a background thread while the next task is generated.
+The reference shuffles the validation images from the global RNG; here the shuffles and the latent codes come
+from generators seeded by args.seed, so a run is reproducible.
+"""
+import os
+import shutil
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils import data
+from tqdm import tqdm
+
+from core import utils
+from core.data_loader import DataError, get_eval_loader
+from metrics.fid import (feature_statistics, folder_statistics, frechet_distance, inception_inputs, load_inception,
+                         to_uint8)
+from metrics.lpips import calculate_lpips_given_images
+from metrics.weights import ALEXNET, INCEPTION, resolve_weights
+
+MODES = ('latent', 'reference')
+
+
+def _generator(*keys):
+    """A CPU generator seeded by a tuple of non-negative integers."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] & (2 ** 63 - 1)))
+    return g
+
+
+def _val_loader(root, args, generator, drop_last=False):
+    """get_eval_loader(imagenet_normalize=False) as the reference calls it (shuffled), shuffled by `generator`."""
+    loader = get_eval_loader(root, args.img_size, args.val_batch_size, imagenet_normalize=False, shuffle=True,
+                             num_workers=getattr(args, 'num_workers', 4), drop_last=drop_last)
+    return data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, generator=generator,
+                           num_workers=loader.num_workers, drop_last=drop_last)
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _save_png(pixels, fname):
+    Image.fromarray(pixels).save(fname)  # what torchvision's save_image does with the same uint8 array
+
+
+def domains_of(val_img_dir):
+    domains = sorted(d for d in os.listdir(val_img_dir)
+                     if os.path.isdir(os.path.join(val_img_dir, d)) and not d.startswith('.'))
+    if len(domains) < 2:
+        raise DataError(f'--val_img_dir {val_img_dir}: evaluation needs at least two domain folders, found {domains}')
+    return domains
+
+
+@torch.no_grad()
+def translate_task(nets, args, loader_src, trg_idx, styles, inception, pool, path_fake=None, desc=None):
+    """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
+    styles(N, y_trg) -> (N, style_dim) gives the next style batch; PNGs go to path_fake unless it is None."""
+    device = next(nets.generator.parameters()).device
+    lpips_values, feats, writes = [], [], []
+    for i, x_src in enumerate(tqdm(loader_src, total=len(loader_src), desc=desc)):
+        N = x_src.size(0)
+        x_src = x_src.to(device)
+        y_trg = torch.full((N,), trg_idx, dtype=torch.long, device=device)
+        masks = nets.fan.get_heatmap(x_src) if args.w_hpf > 0 else None
+        group_of_images = []
+        for j in range(args.num_outs_per_domain):
+            x_fake = nets.generator(x_src, styles(N, y_trg), masks=masks)
+            group_of_images.append(x_fake)
+            pixels = to_uint8(x_fake)  # (N, H, W, 3) uint8: the PNGs' content
+            if path_fake is not None:
+                for k in range(N):
+                    fname = os.path.join(path_fake, '%.4i_%.2i.png' % (i * args.val_batch_size + (k + 1), j + 1))
+                    writes.append(pool.submit(_save_png, pixels[k].numpy(), fname))
+            # stays on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
+            feats.append(inception(inception_inputs(pixels, args.img_size, pool).to(device)))
+        lpips_values.append(calculate_lpips_given_images(group_of_images, getattr(args, 'lpips_alexnet_weights', None)))
+    for w in writes:
+        w.result()  # surfaces write errors
+    return lpips_values, torch.cat(feats).double().cpu().numpy()
+
+
+@torch.no_grad()
+def calculate_metrics(nets, args, step, mode):
+    """Writes LPIPS_{step:05d}_{mode}.json and FID_{step:05d}_{mode}.json to args.eval_dir; returns both dicts.
+    Runs on the device of nets.generator."""
+    print('Calculating evaluation metrics...')
+    assert mode in MODES, mode
+    device = next(nets.generator.parameters()).device
+    # missing weights are an error before any work
+    inception_path = resolve_weights(INCEPTION, getattr(args, 'inception_weights', None))
+    resolve_weights(ALEXNET, getattr(args, 'lpips_alexnet_weights', None))
+    seed, mode_id = getattr(args, 'seed', 777), MODES.index(mode)
+    save_images = not getattr(args, 'no_save_eval_images', False)
+
+    domains = domains_of(args.val_img_dir)
+    print('Number of domains: %d' % len(domains))
+    inception = load_inception(device, inception_path)
+    real_stats = {}
+    for trg in domains:  # once per target domain (the reference: once per task), cached across runs
+        real_stats[trg] = folder_statistics(os.path.join(args.train_img_dir, trg), args.img_size, inception,
+                                            inception_path, getattr(args, 'fid_cache_dir', None),
+                                            args.val_batch_size, getattr(args, 'num_workers', 4))
+
+    os.makedirs(args.eval_dir, exist_ok=True)
+    lpips_dict, fids = OrderedDict(), OrderedDict()
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, ThreadPoolExecutor(1) as sqrtm_pool:
+        for trg_idx, trg in enumerate(domains):
+            if mode == 'reference':
+                # one reference stream per target domain, continued across its source domains (as the reference)
+                loader_ref = _val_loader(os.path.join(args.val_img_dir, trg), args,
+                                         _generator(seed, mode_id, 2, trg_idx), drop_last=True)
+                if len(loader_ref) == 0:
+                    raise DataError(f'reference mode: {args.val_img_dir}/{trg} has fewer images than '
+                                    f'--val_batch_size {args.val_batch_size} (its loader drops the last batch).')
+                refs = _cycle(loader_ref)
+
+                def styles(N, y_trg):
+                    return nets.style_encoder(next(refs).to(device)[:N], y_trg)
+            else:
+                g_z = _generator(seed, mode_id, 1, trg_idx)
+
+                def styles(N, y_trg):
+                    z_trg = torch.randn(N, args.latent_dim, generator=g_z).to(device)
+                    return nets.mapping_network(z_trg, y_trg)
+
+            for src_idx, src in enumerate(domains):
+                if src == trg:
+                    continue
+                task = '%s2%s' % (src, trg)
+                path_fake = None
+                if save_images:
+                    path_fake = os.path.join(args.eval_dir, task)
+                    shutil.rmtree(path_fake, ignore_errors=True)
+                    os.makedirs(path_fake)
+                loader_src = _val_loader(os.path.join(args.val_img_dir, src), args,
+                                         _generator(seed, mode_id, 0, trg_idx, src_idx))
+                print('Generating images and calculating LPIPS for %s...' % task)
+                lpips_values, feats = translate_task(nets, args, loader_src, trg_idx, styles, inception, pool,
+                                                     path_fake, desc=task)
+                lpips_dict['LPIPS_%s/%s' % (mode, task)] = float(np.array(lpips_values).mean())
+                fids['FID_%s/%s' % (mode, task)] = sqrtm_pool.submit(
+                    frechet_distance, *real_stats[trg], *feature_statistics(feats))
+
+        print('Calculating FID for all tasks...')
+        fid_dict = OrderedDict((k, f.result()) for k, f in fids.items())
+
+    for name, values in (('LPIPS', lpips_dict), ('FID', fid_dict)):
+        mean = 0
+        for value in list(values.values()):
+            mean += value / len(values)
+        values['%s_%s/mean' % (name, mode)] = mean
+        utils.save_json(values, os.path.join(args.eval_dir, '%s_%.5i_%s.json' % (name, step, mode)))
+    return lpips_dict, fid_dict
