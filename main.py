@@ -73,7 +73,7 @@ def main(args):
         solver.evaluate()
     elif args.mode == 'align':
         from core.wing import align_faces
-        align_faces(args, args.inp_dir, args.out_dir)
+        align_faces(args, args.inp_dir, args.out_dir, device=device)
     cleanup()
 
 

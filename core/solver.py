@@ -290,7 +290,7 @@ class Solver(nn.Module):
             fname = os.path.join(args.result_dir, 'video_latent.mp4')
             print('Working on {}...'.format(fname))
             video.video_latent(self.nets_ema, args, src.x, y_trg_list, z_trg_list, 1.0, fname)
-        except video.FFmpegNotFoundError as e:
+        except (video.FFmpegNotFoundError, ValueError) as e:
             print(f'Skipping the videos: {e} (the images above were written)')
 
     # ------------------------------------------------------------------------------------------------ evaluation

@@ -276,6 +276,6 @@ def get_preds_fromhm(hm):
     return preds - 0.5
 
 
-def align_faces(args, input_dir, output_dir):
+def align_faces(args, input_dir, output_dir, **kwargs):
     from core.align import align_faces as _align_faces
-    return _align_faces(args, input_dir, output_dir)
+    return _align_faces(args, input_dir, output_dir, **kwargs)

@@ -17,6 +17,7 @@ The numbers are the reference's; what is faster:
 The reference shuffles the validation images from the global RNG; here the shuffles and the latent codes come
 from generators seeded by args.seed, so a run is reproducible.
 """
+import contextlib
 import os
 import shutil
 from collections import OrderedDict
@@ -24,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils import data
+from torchvision.io import encode_png, write_file
 from tqdm import tqdm
 
 from core import utils
@@ -59,7 +60,22 @@ def _cycle(loader):
 
 
 def _save_png(pixels, fname):
-    Image.fromarray(pixels).save(fname)  # what torchvision's save_image does with the same uint8 array
+    """pixels: (H, W, 3) uint8. torchvision's PNG encoder (the same pixels as PIL's, which the reference uses through
+    save_image) releases the GIL, so a thread pool writes in parallel."""
+    write_file(fname, encode_png(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()))
+
+
+@contextlib.contextmanager
+def ieee_float32(enabled=True):
+    """Full float32 convolutions: PyTorch lets cuDNN use TF32 by default on Ampere and later GPUs, which moves the
+    networks' outputs by ~1e-3 and FID in its decimals; the paper's numbers were computed without it."""
+    old = torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
 
 
 def domains_of(val_img_dir):
@@ -71,10 +87,12 @@ def domains_of(val_img_dir):
 
 
 @torch.no_grad()
-def translate_task(nets, args, loader_src, trg_idx, styles, inception, pool, path_fake=None, desc=None):
+def translate_task(nets, args, loader_src, trg_idx, styles, inception, pools, path_fake=None, desc=None):
     """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
-    styles(N, y_trg) -> (N, style_dim) gives the next style batch; PNGs go to path_fake unless it is None."""
+    styles(N, y_trg) -> (N, style_dim) gives the next style batch; PNGs go to path_fake unless it is None.
+    pools: (thread pool for the PIL resizes, thread pool for the PNG writes)."""
     device = next(nets.generator.parameters()).device
+    resize_pool, png_pool = pools
     lpips_values, feats, writes = [], [], []
     for i, x_src in enumerate(tqdm(loader_src, total=len(loader_src), desc=desc)):
         N = x_src.size(0)
@@ -89,83 +107,99 @@ def translate_task(nets, args, loader_src, trg_idx, styles, inception, pool, pat
             if path_fake is not None:
                 for k in range(N):
                     fname = os.path.join(path_fake, '%.4i_%.2i.png' % (i * args.val_batch_size + (k + 1), j + 1))
-                    writes.append(pool.submit(_save_png, pixels[k].numpy(), fname))
-            # stays on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
-            feats.append(inception(inception_inputs(pixels, args.img_size, pool).to(device)))
+                    writes.append(png_pool.submit(_save_png, pixels[k].numpy(), fname))
+            # features stay on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
+            feats.append(inception(inception_inputs(pixels, args.img_size, device, resize_pool)))
         lpips_values.append(calculate_lpips_given_images(group_of_images, getattr(args, 'lpips_alexnet_weights', None)))
+        while len(writes) > 4 * N * args.num_outs_per_domain:  # bounded backlog: the writes of about 4 batches
+            writes.pop(0).result()
     for w in writes:
         w.result()  # surfaces write errors
     return lpips_values, torch.cat(feats).double().cpu().numpy()
 
 
-@torch.no_grad()
-def calculate_metrics(nets, args, step, mode):
-    """Writes LPIPS_{step:05d}_{mode}.json and FID_{step:05d}_{mode}.json to args.eval_dir; returns both dicts.
-    Runs on the device of nets.generator."""
-    print('Calculating evaluation metrics...')
-    assert mode in MODES, mode
+def _style_source(nets, args, mode, trg_idx, seed):
+    """styles(N, y_trg) -> (N, style_dim): a new z per call (latent), or the next batch of trg val images
+    (reference; one stream per target domain, continued across its source domains, as the reference does)."""
     device = next(nets.generator.parameters()).device
-    # missing weights are an error before any work
-    inception_path = resolve_weights(INCEPTION, getattr(args, 'inception_weights', None))
-    resolve_weights(ALEXNET, getattr(args, 'lpips_alexnet_weights', None))
-    seed, mode_id = getattr(args, 'seed', 777), MODES.index(mode)
-    save_images = not getattr(args, 'no_save_eval_images', False)
+    mode_id = MODES.index(mode)
+    if mode == 'latent':
+        g_z = _generator(seed, mode_id, 1, trg_idx)
 
-    domains = domains_of(args.val_img_dir)
-    print('Number of domains: %d' % len(domains))
+        def styles(N, y_trg):
+            z_trg = torch.randn(N, args.latent_dim, generator=g_z).to(device)
+            return nets.mapping_network(z_trg, y_trg)
+        return styles
+
+    trg = domains_of(args.val_img_dir)[trg_idx]
+    loader_ref = _val_loader(os.path.join(args.val_img_dir, trg), args, _generator(seed, mode_id, 2, trg_idx),
+                             drop_last=True)
+    if len(loader_ref) == 0:
+        raise DataError(f'reference mode: {args.val_img_dir}/{trg} has fewer images than --val_batch_size '
+                        f'{args.val_batch_size} (its loader drops the last incomplete batch, as the reference\'s).')
+    refs = _cycle(loader_ref)
+
+    def styles(N, y_trg):
+        return nets.style_encoder(next(refs).to(device)[:N], y_trg)
+    return styles
+
+
+def _evaluate(nets, args, mode, domains, inception_path):
+    """(LPIPS per task, FID per task) as OrderedDicts, tasks in the reference's order (target-major)."""
+    device = next(nets.generator.parameters()).device
+    seed = getattr(args, 'seed', 777)
     inception = load_inception(device, inception_path)
     real_stats = {}
-    for trg in domains:  # once per target domain (the reference: once per task), cached across runs
+    for trg in domains:  # once per target domain (the reference: once per task), and cached across runs
         real_stats[trg] = folder_statistics(os.path.join(args.train_img_dir, trg), args.img_size, inception,
                                             inception_path, getattr(args, 'fid_cache_dir', None),
                                             args.val_batch_size, getattr(args, 'num_workers', 4))
-
-    os.makedirs(args.eval_dir, exist_ok=True)
+    save_images = not getattr(args, 'no_save_eval_images', False)
     lpips_dict, fids = OrderedDict(), OrderedDict()
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, ThreadPoolExecutor(1) as sqrtm_pool:
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as resize_pool, ThreadPoolExecutor(workers) as png_pool, \
+            ThreadPoolExecutor(1) as sqrtm_pool:
         for trg_idx, trg in enumerate(domains):
-            if mode == 'reference':
-                # one reference stream per target domain, continued across its source domains (as the reference)
-                loader_ref = _val_loader(os.path.join(args.val_img_dir, trg), args,
-                                         _generator(seed, mode_id, 2, trg_idx), drop_last=True)
-                if len(loader_ref) == 0:
-                    raise DataError(f'reference mode: {args.val_img_dir}/{trg} has fewer images than '
-                                    f'--val_batch_size {args.val_batch_size} (its loader drops the last batch).')
-                refs = _cycle(loader_ref)
-
-                def styles(N, y_trg):
-                    return nets.style_encoder(next(refs).to(device)[:N], y_trg)
-            else:
-                g_z = _generator(seed, mode_id, 1, trg_idx)
-
-                def styles(N, y_trg):
-                    z_trg = torch.randn(N, args.latent_dim, generator=g_z).to(device)
-                    return nets.mapping_network(z_trg, y_trg)
-
+            styles = _style_source(nets, args, mode, trg_idx, seed)
             for src_idx, src in enumerate(domains):
                 if src == trg:
                     continue
                 task = '%s2%s' % (src, trg)
-                path_fake = None
+                path_fake = os.path.join(args.eval_dir, task) if save_images else None
                 if save_images:
-                    path_fake = os.path.join(args.eval_dir, task)
                     shutil.rmtree(path_fake, ignore_errors=True)
                     os.makedirs(path_fake)
                 loader_src = _val_loader(os.path.join(args.val_img_dir, src), args,
-                                         _generator(seed, mode_id, 0, trg_idx, src_idx))
+                                         _generator(seed, MODES.index(mode), 0, trg_idx, src_idx))
                 print('Generating images and calculating LPIPS for %s...' % task)
-                lpips_values, feats = translate_task(nets, args, loader_src, trg_idx, styles, inception, pool,
-                                                     path_fake, desc=task)
+                lpips_values, feats = translate_task(nets, args, loader_src, trg_idx, styles, inception,
+                                                     (resize_pool, png_pool), path_fake, desc=task)
                 lpips_dict['LPIPS_%s/%s' % (mode, task)] = float(np.array(lpips_values).mean())
+                # the 2048x2048 square root takes seconds on the CPU: it runs while the next task is generated
                 fids['FID_%s/%s' % (mode, task)] = sqrtm_pool.submit(
                     frechet_distance, *real_stats[trg], *feature_statistics(feats))
-
         print('Calculating FID for all tasks...')
-        fid_dict = OrderedDict((k, f.result()) for k, f in fids.items())
+        return lpips_dict, OrderedDict((k, f.result()) for k, f in fids.items())
+
+
+@torch.no_grad()
+def calculate_metrics(nets, args, step, mode, allow_tf32=False):
+    """Writes LPIPS_{step:05d}_{mode}.json and FID_{step:05d}_{mode}.json to args.eval_dir; returns both dicts.
+    Runs on the device of nets.generator; allow_tf32=True trades exactness for speed on recent GPUs."""
+    print('Calculating evaluation metrics...')
+    assert mode in MODES, mode
+    # missing weights are an error before any work
+    inception_path = resolve_weights(INCEPTION, getattr(args, 'inception_weights', None))
+    resolve_weights(ALEXNET, getattr(args, 'lpips_alexnet_weights', None))
+    domains = domains_of(args.val_img_dir)
+    print('Number of domains: %d' % len(domains))
+    os.makedirs(args.eval_dir, exist_ok=True)
+    with ieee_float32(not allow_tf32):
+        lpips_dict, fid_dict = _evaluate(nets, args, mode, domains, inception_path)
 
     for name, values in (('LPIPS', lpips_dict), ('FID', fid_dict)):
         mean = 0
-        for value in list(values.values()):
+        for value in list(values.values()):  # the reference's running sum
             mean += value / len(values)
         values['%s_%s/mean' % (name, mode)] = mean
         utils.save_json(values, os.path.join(args.eval_dir, '%s_%.5i_%s.json' % (name, step, mode)))

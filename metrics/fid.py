@@ -94,22 +94,27 @@ def eval_transform(img_size):
 
 
 def to_uint8(x):
-    """The pixels a PNG written by core.utils.save_image holds: (x + 1) / 2 clamped to [0, 1], then torchvision's
-    save_image rounding. (N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8 on the CPU."""
+    """The pixels of the PNG that core.utils.save_image writes for each image: (x + 1) / 2 clamped to [0, 1], then
+    torchvision's save_image rounding. (N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8 on the CPU."""
     x = ((x + 1) / 2).clamp_(0, 1)
     return x.mul(255).add_(0.5).clamp_(0, 255).permute(0, 2, 3, 1).to('cpu', torch.uint8).contiguous()
 
 
-def inception_inputs(images_uint8, img_size, pool=None):
-    """(N, H, W, 3) uint8 -> (N, 3, 299, 299) float: exactly what the eval loader makes of the same pixels read
-    back from PNG files (PIL resizes, no disk round trip). `pool` (a ThreadPoolExecutor) parallelises PIL."""
-    transform = eval_transform(img_size)
+def inception_inputs(images_uint8, img_size, device='cpu', pool=None):
+    """(N, H, W, 3) uint8 -> (N, 3, 299, 299) float on device: bit for bit what the eval loader makes of the same
+    pixels read back from PNG files. The PIL resizes are eval_transform's (on the CPU; `pool`, a thread pool,
+    runs them in parallel); ToTensor and Normalize are the same float32 operations, done on the device."""
+    resize = transforms.Compose(eval_transform(img_size).transforms[:2])
 
     def one(a):
-        return transform(Image.fromarray(a))
+        return np.asarray(resize(Image.fromarray(a)))
 
     arrays = list(images_uint8.numpy())
-    return torch.stack(list(pool.map(one, arrays)) if pool is not None else [one(a) for a in arrays])
+    x = torch.from_numpy(np.stack(list(pool.map(one, arrays)) if pool is not None else [one(a) for a in arrays]))
+    x = x.to(device).permute(0, 3, 1, 2).float().div(255)  # ToTensor
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(-1, 1, 1)
+    return x.sub_(mean).div_(std)  # Normalize
 
 
 @torch.inference_mode()
