@@ -15,7 +15,7 @@ from munch import Munch
 
 from core.config import parse_args, save_config
 from core.data_loader import DataError, get_test_loader, get_train_loader
-from core.distributed import cleanup, init_distributed
+from core.distributed import barrier, cleanup, init_distributed
 from core.solver import NonFiniteLossError, Solver
 
 
@@ -36,6 +36,7 @@ def main(args):
         from core.demo_data import make_demo_dataset
         if dist_info.rank == 0:
             make_demo_dataset(os.path.dirname(args.train_img_dir.rstrip('/')))
+        barrier()  # the other ranks read it next
 
     if args.mode == 'train':
         if args.batch_size % dist_info.world_size:

@@ -1,14 +1,26 @@
 """Thin helpers for one process per GPU (torchrun). Every function is a no-op in a single process.
 
-    dist_info = init_distributed(args)   # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
-    all_reduce_mean_grads(params)        # before each optimiser step: the gradient of the global batch
+    dist_info = init_distributed(args.device)   # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
+    all_reduce_mean_grads(params)               # before each optimiser step: the gradient of the global batch
+    terms = all_reduce_mean(terms)              # the mean over ranks of a tensor (the logged losses)
+    barrier()                                   # the other ranks wait for rank 0's checkpoint / evaluation
+
+Timeouts (see docs/distributed.md): a collective that waits longer than STARGAN_DIST_TIMEOUT_S seconds (default 600)
+for a dead or stuck peer fails with an error naming the operation, instead of hanging; barrier() waits up to
+STARGAN_DIST_BARRIER_TIMEOUT_S (default 6 h), as long as rank 0's evaluation may take.
 """
 import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
 from munch import Munch
+
+DEFAULT_TIMEOUT_S = 600
+DEFAULT_BARRIER_TIMEOUT_S = 6 * 3600
+
+_barrier = Munch(timeout_s=DEFAULT_BARRIER_TIMEOUT_S, count=0)
 
 
 def is_distributed():
@@ -27,26 +39,50 @@ def is_main_process():
     return get_rank() == 0
 
 
-def init_distributed(device_arg='auto', timeout_s=600):
-    """Starts the process group when launched by torchrun (WORLD_SIZE > 1) and picks this rank's device.
-    nccl on GPUs, gloo on CPU. A dead peer makes collectives fail after timeout_s instead of hanging."""
+def _env_seconds(name, default):
+    value = os.environ.get(name)
+    if value in (None, ''):
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SystemExit(f'{name}={value!r}: expected a number of seconds')
+    if seconds <= 0:
+        raise SystemExit(f'{name}={value!r}: expected a positive number of seconds')
+    return seconds
+
+
+def init_distributed(device_arg='auto', timeout_s=None):
+    """Starts the process group when launched by torchrun (WORLD_SIZE > 1) and picks this rank's device:
+    cuda:LOCAL_RANK with nccl on GPUs, gloo on CPU. timeout_s (default: $STARGAN_DIST_TIMEOUT_S, else 600) bounds
+    how long a collective waits for a dead or stuck peer before failing."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if device_arg == 'auto':
+    if device_arg in (None, 'auto'):
         device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     else:
         device = torch.device(device_arg)
     if world_size > 1 and not is_distributed():
+        if timeout_s is None:
+            timeout_s = _env_seconds('STARGAN_DIST_TIMEOUT_S', DEFAULT_TIMEOUT_S)
+        _barrier.timeout_s = _env_seconds('STARGAN_DIST_BARRIER_TIMEOUT_S', max(DEFAULT_BARRIER_TIMEOUT_S, timeout_s))
+        _barrier.count = 0
         local_rank = int(os.environ.get('LOCAL_RANK', '0'))
         if device.type == 'cuda':
+            if device.index is not None and device.index != local_rank:
+                print(f'--device {device_arg}: under torchrun each process uses cuda:LOCAL_RANK '
+                      f'(cuda:{local_rank} here)')
             device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device)  # NCCL creates its communicator on the current device
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Munch(device=device, rank=get_rank(), world_size=get_world_size())
 
 
 def all_reduce_mean_grads(params):
-    """Averages the gradients of params across ranks, in one flat buffer (one collective per optimiser step)."""
+    """Averages the gradients of params across ranks, in one flat buffer (one collective per optimiser step).
+
+    Every rank must hold gradients for the same parameters (true here: which parameters get a gradient depends on
+    the network and the step, never on the data), or the buffers would differ in size."""
     if not is_distributed():
         return
     grads = [p.grad for p in params if p.grad is not None]
@@ -58,13 +94,39 @@ def all_reduce_mean_grads(params):
     torch._foreach_copy_(grads, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
+def all_reduce_mean(tensor):
+    """The mean over ranks of a tensor (a new tensor; the input itself in one process)."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor / get_world_size()
+
+
 def barrier():
-    if is_distributed():
+    """Waits for every rank, e.g. while rank 0 evaluates. Not a collective: the ranks count themselves in the
+    rendezvous store (the one torchrun set up) and poll it, so the wait is bounded by STARGAN_DIST_BARRIER_TIMEOUT_S
+    rather than by the collectives' timeout and NCCL's watchdog, and it needs no second network transport."""
+    if not is_distributed():
+        return
+    store = getattr(dist.distributed_c10d, '_get_default_store', lambda: None)()
+    if store is None:  # a PyTorch without the helper: a plain barrier, bounded by STARGAN_DIST_TIMEOUT_S
         dist.barrier()
+        return
+    _barrier.count += 1
+    key = f'stargan_barrier/{os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")}/{_barrier.count}'
+    if store.add(key, 1) == get_world_size():
+        store.set(key + '/done', '1')
+    deadline = time.monotonic() + _barrier.timeout_s
+    while not store.check([key + '/done']):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f'rank {get_rank()}: waited {_barrier.timeout_s:.0f} s at a barrier for the other '
+                               f'ranks (STARGAN_DIST_BARRIER_TIMEOUT_S); a rank died or is stuck')
+        time.sleep(0.2)
 
 
 def broadcast_module(module, src=0):
-    """Makes every rank start from rank src's parameters and buffers."""
+    """Makes every rank hold rank src's parameters and buffers."""
     if not is_distributed():
         return
     for t in list(module.parameters()) + list(module.buffers()):

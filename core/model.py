@@ -133,7 +133,8 @@ class HighPass(nn.Module):
         return torch.tensor([[-1, -1, -1], [-1, 8., -1], [-1, -1, -1]], device=device) / w_hpf
 
     def forward(self, x):
-        weight = self.filter.to(x.dtype)[None, None].expand(x.size(1), 1, 3, 3)
+        # a contiguous (C, 1, 3, 3) weight, as the reference builds it: the conv kernel chosen depends on the layout
+        weight = self.filter.to(x.dtype)[None, None].repeat(x.size(1), 1, 1, 1)
         return F.conv2d(x, weight, padding=1, groups=x.size(1))
 
 

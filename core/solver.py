@@ -23,7 +23,8 @@ from tqdm import tqdm
 from core import utils
 from core.checkpoint import CheckpointIO, StateDict, atomic_torch_save
 from core.data_loader import InputFetcher
-from core.distributed import all_reduce_mean_grads, barrier, get_rank, get_world_size, is_main_process
+from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_rank, get_world_size,
+                              is_main_process)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, lambda_ds_at,  # noqa: F401 (public surface)
                          moving_average, r1_reg)
 from core.model import build_model
@@ -205,12 +206,14 @@ class Solver(nn.Module):
                 for i in progress:
                     inputs = next(fetcher)
                     terms = self.train_step(inputs, i)
-                    nonfinite |= ~torch.isfinite(terms).all()
                     step = i + 1
+                    is_log = args.print_every > 0 and step % args.print_every == 0
+                    is_save = args.save_every > 0 and step % args.save_every == 0
+                    if is_log or is_save or step == args.total_iters:  # the same steps on every rank
+                        terms = all_reduce_mean(terms)  # the global batch's losses (a no-op in one process)
+                    nonfinite |= ~torch.isfinite(terms).all()
                     last_terms = terms
 
-                    is_log = step % args.print_every == 0
-                    is_save = args.save_every > 0 and step % args.save_every == 0
                     if is_log or is_save or stop.requested or step == args.total_iters:
                         if bool(nonfinite):  # the only host sync of the loop, on logging/saving steps
                             self._raise_nonfinite(terms, step)

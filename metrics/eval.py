@@ -13,20 +13,20 @@ The numbers are the reference's; what is faster:
 - the generated images go to Inception straight from memory: quantised to the PNG's uint8 pixels and put through
   the eval loader's PIL transform, so the features are those of the PNGs read back (writing them is optional);
 - LPIPS is built once and every image goes through AlexNet once per batch, not once per pair;
-- the matrix square roots of FID run in a background thread while the next task is generated.
 The reference shuffles the validation images from the global RNG; here the shuffles and the latent codes come
 from generators seeded by args.seed, so a run is reproducible.
 """
 import contextlib
+import multiprocessing
 import os
 import shutil
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils import data
-from torchvision.io import encode_png, write_file
 from tqdm import tqdm
 
 from core import utils
@@ -59,10 +59,43 @@ def _cycle(loader):
         yield from loader
 
 
-def _save_png(pixels, fname):
-    """pixels: (H, W, 3) uint8. torchvision's PNG encoder (the same pixels as PIL's, which the reference uses through
-    save_image) releases the GIL, so a thread pool writes in parallel."""
-    write_file(fname, encode_png(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()))
+def _save_pngs(pixels, fnames):
+    """pixels: (N, H, W, 3) uint8. PIL with its defaults, as torchvision's save_image: the reference's files."""
+    for a, fname in zip(pixels, fnames):
+        Image.fromarray(a).save(fname)
+
+
+class PngWriter:
+    """Writes batches of PNG files, in `processes` background processes (PIL holds the GIL while it compresses, and
+    compressing is the slowest part of the whole evaluation), or at once when processes is 0."""
+
+    def __init__(self, processes=0):
+        self.pool = None
+        if processes > 0:  # spawned: safe whatever threads (CUDA, OpenMP) this process runs
+            self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context('spawn'))
+        self.pending = deque()
+
+    def write(self, pixels, fnames):
+        if self.pool is None:
+            _save_pngs(pixels, fnames)
+        else:
+            self.pending.append(self.pool.submit(_save_pngs, pixels, fnames))
+
+    def wait(self, keep=0):
+        """Waits until at most `keep` batches are pending (bounded memory); raises a write error."""
+        while len(self.pending) > keep:
+            self.pending.popleft().result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
 
 
 @contextlib.contextmanager
@@ -87,13 +120,12 @@ def domains_of(val_img_dir):
 
 
 @torch.no_grad()
-def translate_task(nets, args, loader_src, trg_idx, styles, inception, pools, path_fake=None, desc=None):
+def translate_task(nets, args, loader_src, trg_idx, styles, inception, resize_pool, writer=None, path_fake=None,
+                   desc=None):
     """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
-    styles(N, y_trg) -> (N, style_dim) gives the next style batch; PNGs go to path_fake unless it is None.
-    pools: (thread pool for the PIL resizes, thread pool for the PNG writes)."""
+    styles(N, y_trg) -> (N, style_dim) gives the next style batch; with a PngWriter, PNGs go to path_fake."""
     device = next(nets.generator.parameters()).device
-    resize_pool, png_pool = pools
-    lpips_values, feats, writes = [], [], []
+    lpips_values, feats = [], []
     for i, x_src in enumerate(tqdm(loader_src, total=len(loader_src), desc=desc)):
         N = x_src.size(0)
         x_src = x_src.to(device)
@@ -104,17 +136,14 @@ def translate_task(nets, args, loader_src, trg_idx, styles, inception, pools, pa
             x_fake = nets.generator(x_src, styles(N, y_trg), masks=masks)
             group_of_images.append(x_fake)
             pixels = to_uint8(x_fake)  # (N, H, W, 3) uint8: the PNGs' content
-            if path_fake is not None:
-                for k in range(N):
-                    fname = os.path.join(path_fake, '%.4i_%.2i.png' % (i * args.val_batch_size + (k + 1), j + 1))
-                    writes.append(png_pool.submit(_save_png, pixels[k].numpy(), fname))
+            if writer is not None:
+                writer.write(pixels.numpy(), [os.path.join(path_fake, '%.4i_%.2i.png' % (
+                    i * args.val_batch_size + (k + 1), j + 1)) for k in range(N)])
             # features stay on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
             feats.append(inception(inception_inputs(pixels, args.img_size, device, resize_pool)))
         lpips_values.append(calculate_lpips_given_images(group_of_images, getattr(args, 'lpips_alexnet_weights', None)))
-        while len(writes) > 4 * N * args.num_outs_per_domain:  # bounded backlog: the writes of about 4 batches
-            writes.pop(0).result()
-    for w in writes:
-        w.result()  # surfaces write errors
+        if writer is not None:
+            writer.wait(keep=4 * args.num_outs_per_domain)  # at most ~4 batches of images waiting to be written
     return lpips_values, torch.cat(feats).double().cpu().numpy()
 
 
@@ -149,16 +178,16 @@ def _evaluate(nets, args, mode, domains, inception_path):
     device = next(nets.generator.parameters()).device
     seed = getattr(args, 'seed', 777)
     inception = load_inception(device, inception_path)
+    num_workers = getattr(args, 'num_workers', 4)
     real_stats = {}
     for trg in domains:  # once per target domain (the reference: once per task), and cached across runs
         real_stats[trg] = folder_statistics(os.path.join(args.train_img_dir, trg), args.img_size, inception,
                                             inception_path, getattr(args, 'fid_cache_dir', None),
-                                            args.val_batch_size, getattr(args, 'num_workers', 4))
+                                            args.val_batch_size, num_workers)
     save_images = not getattr(args, 'no_save_eval_images', False)
-    lpips_dict, fids = OrderedDict(), OrderedDict()
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as resize_pool, ThreadPoolExecutor(workers) as png_pool, \
-            ThreadPoolExecutor(1) as sqrtm_pool:
+    lpips_dict, fake_stats = OrderedDict(), OrderedDict()
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as resize_pool, \
+            PngWriter(num_workers if save_images else 0) as writer:
         for trg_idx, trg in enumerate(domains):
             styles = _style_source(nets, args, mode, trg_idx, seed)
             for src_idx, src in enumerate(domains):
@@ -173,13 +202,15 @@ def _evaluate(nets, args, mode, domains, inception_path):
                                          _generator(seed, MODES.index(mode), 0, trg_idx, src_idx))
                 print('Generating images and calculating LPIPS for %s...' % task)
                 lpips_values, feats = translate_task(nets, args, loader_src, trg_idx, styles, inception,
-                                                     (resize_pool, png_pool), path_fake, desc=task)
+                                                     resize_pool, writer if save_images else None, path_fake,
+                                                     desc=task)
                 lpips_dict['LPIPS_%s/%s' % (mode, task)] = float(np.array(lpips_values).mean())
-                # the 2048x2048 square root takes seconds on the CPU: it runs while the next task is generated
-                fids['FID_%s/%s' % (mode, task)] = sqrtm_pool.submit(
-                    frechet_distance, *real_stats[trg], *feature_statistics(feats))
-        print('Calculating FID for all tasks...')
-        return lpips_dict, OrderedDict((k, f.result()) for k, f in fids.items())
+                fake_stats[task] = trg, feature_statistics(feats)
+    print('Calculating FID for all tasks...')
+    fid_dict = OrderedDict()
+    for task, (trg, stats) in fake_stats.items():
+        fid_dict['FID_%s/%s' % (mode, task)] = frechet_distance(*real_stats[trg], *stats)
+    return lpips_dict, fid_dict
 
 
 @torch.no_grad()

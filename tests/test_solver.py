@@ -1,0 +1,198 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from munch import Munch
+from PIL import Image
+
+from conftest import REPO, tiny_args
+from core.solver import NonFiniteLossError, Solver, find_latest_step
+
+
+def batch(args, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, S = args.batch_size, args.img_size
+    return Munch(x_src=torch.rand(B, 3, S, S, generator=g) * 2 - 1, y_src=torch.tensor([0, 1]),
+                 x_ref=torch.rand(B, 3, S, S, generator=g) * 2 - 1, x_ref2=torch.rand(B, 3, S, S, generator=g) * 2 - 1,
+                 y_ref=torch.tensor([1, 0]), z_trg=torch.randn(B, args.latent_dim, generator=g),
+                 z_trg2=torch.randn(B, args.latent_dim, generator=g))
+
+
+def snapshot(solver):
+    return {k: [p.detach().clone() for p in net.parameters()] for k, net in solver.nets.items()}
+
+
+def changed(before, solver):
+    return {k for k, net in solver.nets.items()
+            if any(not torch.equal(a, b) for a, b in zip(before[k], net.parameters()))}
+
+
+def test_which_networks_each_step_changes(monkeypatch):
+    torch.manual_seed(0)
+    args = tiny_args()
+    solver = Solver(args, 'cpu')
+    stepped = []
+    for name, opt in solver.optims.items():
+        orig = opt.step
+        monkeypatch.setattr(opt, 'step', lambda *a, _n=name, _o=orig, **k: (stepped.append(_n), _o(*a, **k))[1])
+    before = snapshot(solver)
+    ema_before = {k: [p.detach().clone() for p in solver.nets_ema[k].parameters()] for k in solver.nets_ema}
+    solver.train_step(batch(args), 0)
+    # D latent, D ref, G latent (G, F, E), G ref (G only), in this order
+    assert stepped == ['discriminator', 'discriminator', 'generator', 'mapping_network', 'style_encoder', 'generator']
+    assert changed(before, solver) == {'generator', 'mapping_network', 'style_encoder', 'discriminator'}
+    # EMA: p_ema = 0.999 p_ema + 0.001 p
+    for k, net in solver.nets_ema.items():
+        for old, p_ema, p in zip(ema_before[k], net.parameters(), solver.nets[k].parameters()):
+            assert torch.allclose(p_ema, torch.lerp(p.detach(), old, 0.999))
+
+
+def test_d_steps_leave_g_f_e_untouched():
+    torch.manual_seed(0)
+    args = tiny_args()
+    solver = Solver(args, 'cpu')
+    for name in ('generator', 'mapping_network', 'style_encoder'):
+        solver.optims[name].step = lambda *a, **k: None  # only the D steps act
+    before = snapshot(solver)
+    solver.train_step(batch(args), 0)
+    assert changed(before, solver) == {'discriminator'}
+
+
+def test_reference_g_step_leaves_f_and_e_untouched():
+    torch.manual_seed(0)
+    args = tiny_args()
+    solver = Solver(args, 'cpu')
+    solver.optims.discriminator.step = lambda *a, **k: None
+    calls = []
+    for name in ('mapping_network', 'style_encoder'):
+        opt = solver.optims[name]
+        opt.step = lambda *a, _n=name, **k: calls.append(_n)  # record, don't step
+    solver.train_step(batch(args), 0)
+    assert calls == ['mapping_network', 'style_encoder']  # once each: in the latent G step only
+
+
+def test_losses_move_in_the_right_direction():
+    """A few iterations on one fixed batch: D learns to separate, the style reconstruction improves."""
+    torch.manual_seed(0)
+    args = tiny_args(lr=1e-3, f_lr=1e-3)
+    solver = Solver(args, 'cpu')
+    b = batch(args)
+    first = solver.train_step(b, 0)
+    for i in range(1, 15):
+        last = solver.train_step(b, i)
+    assert last[0] + last[1] < first[0] + first[1]   # D/latent real + fake
+    assert last[7] < first[7]                         # G/latent_sty
+
+
+def write_dataset(root, n=4, size=32):
+    from core.demo_data import make_demo_dataset
+    return make_demo_dataset(str(root), n_train=n, n_val=2, size=size)
+
+
+def train(args, total, resume=0):
+    from main import main
+    args = Munch(args, total_iters=total, resume_iter=resume)
+    main(args)
+
+
+def test_resume_equals_straight_run(tmp_path):
+    data = write_dataset(tmp_path / 'data')
+    common = dict(train_img_dir=os.path.join(data, 'train'), val_img_dir=os.path.join(data, 'val'), save_every=2,
+                  print_every=1, ds_iter=5, lambda_ds=2.0)
+    a = tiny_args(checkpoint_dir=str(tmp_path / 'a'), sample_dir=str(tmp_path / 'sa'), **common)
+    b = tiny_args(checkpoint_dir=str(tmp_path / 'b'), sample_dir=str(tmp_path / 'sb'), **common)
+    train(a, 4)
+    train(b, 2)
+    torch.manual_seed(12345)  # whatever the process RNG holds: the data stream is a function of (seed, step)
+    train(b, 4, resume=2)
+    for kind in ('nets', 'nets_ema', 'optims'):
+        sa = torch.load(tmp_path / 'a' / f'000004_{kind}.ckpt')
+        sb = torch.load(tmp_path / 'b' / f'000004_{kind}.ckpt')
+        for net in sa:
+            if kind == 'optims':
+                for k, st in sa[net]['state'].items():
+                    assert torch.equal(st['exp_avg_sq'], sb[net]['state'][k]['exp_avg_sq'])
+            else:
+                for k in sa[net]:
+                    assert torch.equal(sa[net][k], sb[net][k]), (kind, net, k)
+    # the log of the resumed run continues from step 3 with the decayed lambda_ds
+    log = [json.loads(line) for line in open(tmp_path / 'b' / 'train_log.jsonl')]
+    assert [r['step'] for r in log] == [1, 2, 3, 4]
+    assert abs(log[2]['G/lambda_ds'] - 2.0 * (1 - 3 / 5)) < 1e-9
+    assert find_latest_step(str(tmp_path / 'b')) == 4
+
+
+def test_short_run_writes_log_images_and_checkpoints(tmp_path):
+    data = write_dataset(tmp_path / 'data')
+    args = tiny_args(train_img_dir=os.path.join(data, 'train'), val_img_dir=os.path.join(data, 'val'),
+                     checkpoint_dir=str(tmp_path / 'ckpt'), sample_dir=str(tmp_path / 'samples'), sample_every=2,
+                     save_every=2, print_every=1)
+    train(args, 2)
+    names = sorted(os.listdir(tmp_path / 'samples'))
+    assert names == ['000002_cycle_consistency.jpg', '000002_latent_psi_0.5.jpg', '000002_latent_psi_0.7.jpg',
+                     '000002_latent_psi_1.0.jpg', '000002_reference.jpg']
+    S, N = args.img_size, args.val_batch_size
+    assert Image.open(tmp_path / 'samples' / '000002_cycle_consistency.jpg').size == (N * S, 4 * S)
+    assert Image.open(tmp_path / 'samples' / '000002_reference.jpg').size == ((N + 1) * S, (N + 1) * S)
+    rows = 1 + min(args.num_domains, 5) * args.num_outs_per_domain
+    assert Image.open(tmp_path / 'samples' / '000002_latent_psi_0.5.jpg').size == (N * S, rows * S)
+    log = [json.loads(line) for line in open(tmp_path / 'ckpt' / 'train_log.jsonl')]
+    assert [r['step'] for r in log] == [1, 2]
+    assert {'D/latent_real', 'G/ref_cyc', 'G/lambda_ds'} <= set(log[0])
+    for kind in ('nets', 'nets_ema', 'optims', 'state'):
+        assert os.path.exists(tmp_path / 'ckpt' / f'000002_{kind}.ckpt')
+    nets = torch.load(tmp_path / 'ckpt' / '000002_nets.ckpt')
+    assert set(nets) == {'generator', 'mapping_network', 'style_encoder', 'discriminator'}
+    assert json.load(open(tmp_path / 'ckpt' / 'args.json'))['img_size'] == S
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
+    torch.manual_seed(0)
+    args = tiny_args(checkpoint_dir=str(tmp_path), print_every=2)
+    solver = Solver(args, 'cpu')
+    b = batch(args)
+    b.x_src[0, 0, 0, 0] = float('nan')
+    loaders = Munch(src=None, ref=None, val=None)
+
+    class Fetch:
+        def __init__(self, *a, **k):
+            self.mode = a[3]
+
+        def __next__(self):
+            return b
+
+    import core.solver as S
+    orig = S.InputFetcher
+    S.InputFetcher = Fetch
+    try:
+        with pytest.raises(NonFiniteLossError, match=r'at step 2: D/latent_real'):
+            solver.train(loaders)
+    finally:
+        S.InputFetcher = orig
+    assert not any(f.endswith('.ckpt') for f in os.listdir(tmp_path))
+
+
+def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
+    data = write_dataset(tmp_path / 'data')
+    cmd = [sys.executable, '-u', 'main.py', '--mode', 'train', '--device', 'cpu', '--img_size', '32',
+           '--base_dim', '8', '--max_conv_dim', '16', '--hidden_dim', '16', '--style_dim', '16', '--w_hpf', '0',
+           '--batch_size', '2', '--val_batch_size', '2', '--num_workers', '0', '--total_iters', '100000',
+           '--print_every', '1', '--sample_every', '0', '--save_every', '0', '--eval_every', '0',
+           '--train_img_dir', os.path.join(data, 'train'), '--val_img_dir', os.path.join(data, 'val'),
+           '--checkpoint_dir', str(tmp_path / 'ckpt')]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if 'Iteration [2/' in line:
+            p.send_signal(signal.SIGINT)
+            break
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 130, out
+    assert 'resume with --resume_iter' in out
+    step = find_latest_step(str(tmp_path / 'ckpt'))
+    assert step >= 2
+    assert os.path.exists(tmp_path / 'ckpt' / ('%06d_state.ckpt' % step))
+    assert not [f for f in os.listdir(tmp_path / 'ckpt') if f.endswith('.tmp')]
