@@ -20,10 +20,11 @@ PRESETS = {
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set generated on first use, narrow networks, minutes on a CPU
     'demo': dict(img_size=64, num_domains=2, w_hpf=0, base_dim=8, max_conv_dim=32, hidden_dim=64, lambda_ds=1,
+                 lr=1e-3, f_lr=1e-5, ema_beta=0.98,
                  batch_size=8, val_batch_size=8, total_iters=300, ds_iter=300, print_every=20, sample_every=100,
                  save_every=150, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
-                 src_dir='expr/demo_data/val', ref_dir='expr/demo_data/val',
+                 src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
@@ -62,6 +63,8 @@ def get_parser():
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')
+    p.add_argument('--ema_beta', type=float, default=0.999,
+                   help='Decay of the moving average of G, F, E (the reference: 0.999; the demo uses less for its short run)')
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')
 
     # misc

@@ -1,6 +1,6 @@
 """A small two-domain image set the project draws itself, for the quickstart and tests (no downloads).
 
-    make_demo_dataset('expr/demo_data', n_train=200, n_val=16)   # -> {train,val}/{circle,square}/*.png
+    make_demo_dataset('expr/demo_data', n_train=200, n_val=16)   # -> {train,val,src,ref}/{circle,square}/*.png
 
 Domain = the shape (circle or square); style = shape colour, background colour and size, which a trained
 generator should carry over from a reference image or draw from the latent code.
@@ -28,13 +28,14 @@ def draw_sample(rng, domain, size=64):
     return img.filter(ImageFilter.GaussianBlur(0.6))
 
 
-def make_demo_dataset(root, n_train=200, n_val=16, size=64, seed=0):
-    """Writes the set unless it is already complete; returns root."""
+def make_demo_dataset(root, n_train=200, n_val=16, size=64, seed=0, n_sample=3):
+    """Writes the set unless it is already complete; returns root. src/ref hold n_sample images per domain for
+    --mode sample (one batch with both domains)."""
     marker = os.path.join(root, '.complete')
     if os.path.exists(marker):
         return root
     rng = np.random.default_rng(seed)
-    for split, n in (('train', n_train), ('val', n_val)):
+    for split, n in (('train', n_train), ('val', n_val), ('src', n_sample), ('ref', n_sample)):
         for domain in DOMAINS:
             folder = os.path.join(root, split, domain)
             os.makedirs(folder, exist_ok=True)

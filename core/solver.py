@@ -168,7 +168,7 @@ class Solver(nn.Module):
         self._step('generator')
 
         for name in ('generator', 'mapping_network', 'style_encoder'):
-            moving_average(nets[name], nets_ema[name], beta=0.999)
+            moving_average(nets[name], nets_ema[name], beta=args.get('ema_beta', 0.999))
 
         terms = [*d_losses_latent.values(), *d_losses_ref.values(), *g_losses_latent.values(), *g_losses_ref.values()]
         return torch.stack([t.float() for t in terms])
