@@ -102,19 +102,16 @@ def to_uint8(x):
 
 def inception_inputs(images_uint8, img_size, device='cpu', pool=None):
     """(N, H, W, 3) uint8 -> (N, 3, 299, 299) float on device: bit for bit what the eval loader makes of the same
-    pixels read back from PNG files. The PIL resizes are eval_transform's (on the CPU; `pool`, a thread pool,
-    runs them in parallel); ToTensor and Normalize are the same float32 operations, done on the device."""
-    resize = transforms.Compose(eval_transform(img_size).transforms[:2])
+    pixels read back from PNG files, because it is the same transform, on the CPU (on CUDA, division by a scalar
+    is a multiplication by its reciprocal, which differs in the last bit). `pool`, a thread pool, runs it in
+    parallel (PIL and torch release the GIL)."""
+    transform = eval_transform(img_size)
 
     def one(a):
-        return np.asarray(resize(Image.fromarray(a)))
+        return transform(Image.fromarray(a))
 
     arrays = list(images_uint8.numpy())
-    x = torch.from_numpy(np.stack(list(pool.map(one, arrays)) if pool is not None else [one(a) for a in arrays]))
-    x = x.to(device).permute(0, 3, 1, 2).float().div(255)  # ToTensor
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(-1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(-1, 1, 1)
-    return x.sub_(mean).div_(std)  # Normalize
+    return torch.stack(list(pool.map(one, arrays)) if pool is not None else [one(a) for a in arrays]).to(device)
 
 
 @torch.inference_mode()

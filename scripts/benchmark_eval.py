@@ -251,8 +251,9 @@ def main(argv=None):
         setup_s = time.perf_counter() - t
         args = Munch(img_size=opt.img_size, num_domains=opt.domains, latent_dim=16, hidden_dim=512, style_dim=64,
                      w_hpf=opt.w_hpf, base_dim=opt.base_dim, max_conv_dim=opt.max_conv_dim, wing_path=None,
-                     val_batch_size=min(opt.val_batch_size, opt.n_val), num_outs_per_domain=opt.num_outs, num_workers=opt.num_workers,
-                     seed=opt.seed, modes=opt.modes, allow_tf32=opt.allow_tf32,
+                     val_batch_size=min(opt.val_batch_size, opt.n_val),  # reference mode needs a full batch
+                     num_outs_per_domain=opt.num_outs, num_workers=opt.num_workers, seed=opt.seed,
+                     modes=opt.modes, allow_tf32=opt.allow_tf32,
                      train_img_dir=os.path.join(work, 'data', 'train'), val_img_dir=os.path.join(work, 'data', 'val'),
                      eval_dir=os.path.join(work, 'eval'), fid_cache_dir=os.path.join(work, 'fid_cache'),
                      no_save_eval_images=opt.no_save_eval_images, inception_weights=None, lpips_alexnet_weights=None)
@@ -272,6 +273,7 @@ def main(argv=None):
         report['ours']['generation_and_rest'] = round(
             s['total'] - s['real_stats'] - s['lpips'] - s['fid_features'] - s['frechet'], 3)
         if opt.reference_like:
+            print('ours:', json.dumps(report['ours']), flush=True)  # survives a timeout of what follows
             ref = run_reference_like(nets_ema, args, timer)
             report['reference_like'] = {k[4:]: round(v, 3) for k, v in timer.seconds.items() if k.startswith('ref_')}
             report['speedup'] = round(s['ref_total'] / s['total'], 2)
