@@ -286,15 +286,16 @@ class Solver(nn.Module):
                                          generator=torch.Generator().manual_seed(args.seed + 1))
 
         from core import video
-        try:
-            fname = os.path.join(args.result_dir, 'video_ref.mp4')
+        videos = [('video_ref.mp4', lambda f: video.video_ref(self.nets_ema, args, src.x, ref.x, ref.y, f)),
+                  ('video_latent.mp4', lambda f: video.video_latent(self.nets_ema, args, src.x, y_trg_list,
+                                                                    z_trg_list, 1.0, f))]
+        for name, make in videos:
+            fname = os.path.join(args.result_dir, name)
             print('Working on {}...'.format(fname))
-            video.video_ref(self.nets_ema, args, src.x, ref.x, ref.y, fname)
-            fname = os.path.join(args.result_dir, 'video_latent.mp4')
-            print('Working on {}...'.format(fname))
-            video.video_latent(self.nets_ema, args, src.x, y_trg_list, z_trg_list, 1.0, fname)
-        except (video.FFmpegNotFoundError, ValueError) as e:
-            print(f'Skipping the videos: {e} (the images above were written)')
+            try:
+                make(fname)
+            except (video.FFmpegNotFoundError, ValueError) as e:
+                print(f'Skipping {name}: {e} (the images above were written)')
 
     # ------------------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
