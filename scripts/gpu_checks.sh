@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU measurements still open (docs/benchmarks.md), in one call that ends by fixed deadlines (~8 min in all).
+# Usage on a GPU machine, from the repository root:  OUT=/some/dir bash scripts/gpu_checks.sh
+# Each step writes its JSON to $OUT; a step that would not fit its deadline is skipped and says so.
+set -u
+OUT=${OUT:-expr/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__)"
+S=$SECONDS
+step() {  # step DEADLINE_S NAME ARGS...: runs scripts/benchmark.py unless fewer than 40 s are left before DEADLINE_S
+  local deadline=$1 name=$2; shift 2
+  local left=$((S + deadline - SECONDS))
+  if [ "$left" -lt 40 ]; then echo "$name: not run, ${left}s left"; return; fi
+  timeout "$left" python3 scripts/benchmark.py --device cuda --time_budget_s $((left - 15)) --json "$OUT/$name.json" "$@" \
+    >/dev/null 2>>"$OUT/log.txt"
+  echo "$name: rc=$? at $((SECONDS - S))s"
+}
+# end to end with the real loader (1024-px JPEGs, 4 workers per loader as the reference)
+step 70  real_celeba --preset celeba_hq --loader real --make_images 64 --iters 30 --warmup 5 --flops_per_iter 2.29e13
+# torch.compile against eager, both settings, with the one-iteration numerics check
+step 230 afhq   --preset afhq      --compare --modes eager,compile --iters 20 --warmup 3 --flops_per_iter 2.33e13 --min_compile_mode_s 60
+step 390 celeba --preset celeba_hq --compare --modes eager,compile --iters 20 --warmup 3 --flops_per_iter 2.29e13 --min_compile_mode_s 60
+# where the time goes: top kernels by device time
+step 450 profile --preset celeba_hq --iters 5 --warmup 3 --profile --profile_iters 2 --flops_per_iter 2.29e13
+sed -n '/^StarGAN v2 train_step/,/^$/p;/FAILED\|skipped:\|stopped after\|cut to/p' "$OUT/log.txt" | head -80
