@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements still open (docs/benchmarks.md), in one call that ends by fixed deadlines (~8 min in all).
 # Usage on a GPU machine, from the repository root:  OUT=/some/dir bash scripts/gpu_checks.sh
+# (the lent H100 image lacks munch: carry its wheel and put it on PYTHONPATH first, see docs/benchmarks.md)
 # Each step writes its JSON to $OUT; a step that would not fit its deadline is skipped and says so.
 set -u
 OUT=${OUT:-expr/gpu_checks}
