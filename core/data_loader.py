@@ -8,9 +8,11 @@
 Determinism: the training samplers and the augmentation draw from generators seeded by (seed, position), not from
 the global RNG, so a run resumed at step N sees exactly the batches of an uninterrupted run, with any number of workers.
 """
+import functools
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +56,20 @@ def list_domains(root, num_domains=None, flag='--train_img_dir'):
     return domains, files
 
 
+def _decode_error(fname):
+    try:
+        with Image.open(fname) as img:
+            img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        return f'{fname} ({type(e).__name__}: {e})'
+    return None
+
+
 def check_images(fnames, skip_bad=False):
-    """Fully decodes every image once; returns the good ones. Bad files are an error naming them, or with
-    skip_bad a warning listing them."""
-    bad = []
-    for fname in fnames:
-        try:
-            with Image.open(fname) as img:
-                img.load()
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-            bad.append(f'{fname} ({type(e).__name__}: {e})')
+    """Fully decodes every image once (in threads: PIL releases the GIL while decoding); returns the good ones.
+    Bad files are an error naming them, or with skip_bad a warning listing them."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        bad = [b for b in pool.map(_decode_error, fnames, chunksize=16) if b is not None]
     if bad and not skip_bad:
         raise DataError(f'{len(bad)} unreadable or truncated image(s): ' + '; '.join(bad[:10]) +
                         ('; ...' if len(bad) > 10 else '') + '. Fix or remove them, or pass --skip_bad_images.')
@@ -194,15 +200,29 @@ class ReferenceDataset(data.Dataset):
         return img, img2, self.targets[index]
 
 
+@functools.lru_cache(maxsize=8)
+def _domain_files_cached(root, num_domains, skip_bad, flag, stamp):
+    return _domain_files_uncached(root, num_domains, skip_bad, flag)
+
+
 def _domain_files(root, num_domains, skip_bad, flag):
+    """The checked files of each domain; the source and reference loaders share one check (keyed by the folder's
+    mtime too, so a changed folder is checked again)."""
+    stamp = tuple(os.stat(os.path.join(root, d)).st_mtime_ns for d in sorted(os.listdir(root))) \
+        if os.path.isdir(root) else None
+    domains, files = _domain_files_cached(root, num_domains, skip_bad, flag, stamp)
+    return domains, [list(f) for f in files]
+
+
+def _domain_files_uncached(root, num_domains, skip_bad, flag):
     domains, files = list_domains(root, num_domains, flag)
     checked = []
     for d, fnames in zip(domains, files):
         good = check_images(fnames, skip_bad)
         if not good:
             raise DataError(f'{flag}: domain "{d}" has no readable images left.')
-        checked.append(good)
-    return domains, checked
+        checked.append(tuple(good))
+    return tuple(domains), tuple(checked)
 
 
 def get_train_loader(root, which='source', img_size=256, batch_size=8, prob=0.5, num_workers=4, seed=777,

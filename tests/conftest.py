@@ -33,6 +33,16 @@ def schema():
     return json.loads(SCHEMA.read_text())
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module: small networks gain nothing from threads, and on a busy 2-core machine two
+    threads make the FAN and tiny convolutions several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def random_wing(tmp_path):
     """A wing.ckpt with randomly initialised FAN weights (the real one cannot be downloaded here)."""

@@ -44,13 +44,7 @@ def similarity(points, theta, k, t, centre=(0., 0.)):
     return (points - centre) @ R.T * k + np.asarray(centre) + np.asarray(t)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # a busy 2-core machine makes two threads several times slower than one for the FAN
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.one_thread
 
 
 @pytest.fixture(scope='module')

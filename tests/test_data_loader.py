@@ -111,3 +111,14 @@ def test_truncated_image_is_named_or_skipped(tmp_path):
     with pytest.warns(UserWarning, match=r'dropped 1 image'):
         ld = loader(str(tmp_path), batch_size=2, skip_bad_images=True)
     assert len(ld.dataset) == 5
+
+
+def test_images_are_checked_once_for_both_training_loaders(tmp_path, monkeypatch):
+    import core.data_loader as dl
+    root = make_demo_dataset(str(tmp_path / 'd'), n_train=3, n_val=1, size=16)
+    calls = []
+    orig = dl._decode_error
+    monkeypatch.setattr(dl, '_decode_error', lambda f: calls.append(f) or orig(f))
+    loader(root)
+    loader(root, 'reference')
+    assert len(calls) == 6  # 2 domains x 3 images, once

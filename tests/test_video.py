@@ -19,13 +19,7 @@ SD = 16       # style dim
 T = 31        # frames per interpolation
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # tiny networks gain nothing from threads, and a busy 2-core machine makes two threads very slow
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.one_thread
 
 
 @pytest.fixture(scope='module')
