@@ -113,7 +113,14 @@ def get_parser():
     p.add_argument('--eval_every', type=int, default=50000, help='0 disables evaluation during training')
 
     # speed (see docs/benchmarks.md); the defaults compute what the reference computes
-    p.add_argument('--compile', action='store_true', help='torch.compile G, F and E (same numerics, faster on GPU)')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile G, F, E, D (with its R1 penalty) and the FAN: the same computation, its float '
+                        'rounding reordered by kernel fusion')
+    p.add_argument('--compile_mode', type=str, default='default',
+                   choices=['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'],
+                   help='torch.compile mode with --compile (reduce-overhead: CUDA graphs)')
+    p.add_argument('--compile_backend', type=str, default='inductor',
+                   help='torch.compile backend with --compile (aot_eager: capture without code generation, to debug)')
     p.add_argument('--amp', type=str, default='none', choices=['none', 'bf16'],
                    help='Autocast mixed precision (changes numerics; opt-in)')
     return p

@@ -24,15 +24,28 @@ def r1_reg(d_out, x_in):
     return 0.5 * grad_dout2.view(batch_size, -1).sum(1).mean(0)
 
 
-def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, masks=None):
-    """D loss with the target style from a latent code (z_trg) or a reference image (x_ref)."""
+def d_logits_and_r1(discriminator, x_real, y_org):
+    """D(x_real, y_org) and its R1 penalty (the value of r1_reg) as one differentiable function, with the input
+    gradient taken by torch.func.vjp instead of autograd.grad(create_graph=True). torch.compile can capture this form
+    and differentiate it (its compiled autograd has no double backward); eager, it computes the same numbers."""
+    out, vjp_fn = torch.func.vjp(lambda x: discriminator(x, y_org), x_real)
+    (grad_dout,) = vjp_fn(torch.ones_like(out))  # d sum(out) / d x_real
+    return out, 0.5 * grad_dout.pow(2).flatten(1).sum(1).mean(0)
+
+
+def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, masks=None, logits_and_r1=None):
+    """D loss with the target style from a latent code (z_trg) or a reference image (x_ref). logits_and_r1:
+    optional (x_real, y_org) -> (D(x_real), R1), e.g. a compiled d_logits_and_r1 (Solver with --compile)."""
     assert (z_trg is None) != (x_ref is None)
-    # a fresh leaf, so that x_real itself stays free of autograd (the reference flags it, which makes every later
-    # G loss of the iteration also compute gradients with respect to the input images)
-    x_real = x_real.detach().requires_grad_()
-    out = nets.discriminator(x_real, y_org)
+    if logits_and_r1 is None:
+        # a fresh leaf, so that x_real itself stays free of autograd (the reference flags it, which makes every later
+        # G loss of the iteration also compute gradients with respect to the input images)
+        x_in = x_real.detach().requires_grad_()
+        out = nets.discriminator(x_in, y_org)
+        loss_reg = r1_reg(out, x_in)
+    else:
+        out, loss_reg = logits_and_r1(x_real.detach(), y_org)
     loss_real = adv_loss(out, 1)
-    loss_reg = r1_reg(out, x_real)
 
     with torch.no_grad():
         if z_trg is not None:
@@ -66,12 +79,14 @@ def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, m
     s_pred = nets.style_encoder(x_fake, y_trg)
     loss_sty = torch.mean(torch.abs(s_pred - s_trg))
 
-    # diversity sensitive loss
-    if z_trgs is not None:
-        s_trg2 = nets.mapping_network(z_trg2, y_trg)
-    else:
-        s_trg2 = nets.style_encoder(x_ref2, y_trg)
-    x_fake2 = nets.generator(x_real, s_trg2, masks=masks).detach()
+    # diversity sensitive loss; the second image is a constant (the reference detaches it), so it is computed without
+    # building a graph: the same values, no activations kept for a backward that never comes
+    with torch.no_grad():
+        if z_trgs is not None:
+            s_trg2 = nets.mapping_network(z_trg2, y_trg)
+        else:
+            s_trg2 = nets.style_encoder(x_ref2, y_trg)
+        x_fake2 = nets.generator(x_real, s_trg2, masks=masks)
     loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
 
     # cycle-consistency loss

@@ -6,6 +6,7 @@ evaluation (SPEC sections 3, 5, 6).
     solver.sample(loaders)     # loaders: Munch(src, ref)
     solver.evaluate()
 """
+import contextlib
 import datetime
 import json
 import math
@@ -25,8 +26,8 @@ from core.checkpoint import CheckpointIO, StateDict, atomic_torch_save
 from core.data_loader import InputFetcher
 from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_rank, get_world_size,
                               is_main_process)
-from core.losses import (adv_loss, compute_d_loss, compute_g_loss, lambda_ds_at,  # noqa: F401 (public surface)
-                         moving_average, r1_reg)
+from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
+                         lambda_ds_at, moving_average, r1_reg)
 from core.model import build_model
 
 LOSS_NAMES = ['D/latent_real', 'D/latent_fake', 'D/latent_reg', 'D/ref_real', 'D/ref_fake', 'D/ref_reg',
@@ -89,6 +90,11 @@ class Solver(nn.Module):
         else:
             ema = {k: v for k, v in self.nets_ema.items() if k != 'fan'}
             self.ckptios = [CheckpointIO(os.path.join(args.checkpoint_dir, '{:06d}_nets_ema.ckpt'), **ema)]
+        # skip the weight gradients the reference computes and discards (same results; scripts/benchmark.py turns it
+        # off to measure the reference's work)
+        self.skip_unused_grads = True
+        self.logits_and_r1 = None  # D(x_real) and R1 in one function; set by _compile (eager: the reference's form)
+        self.cudagraphs = False  # --compile_mode reduce-overhead
         self.to(self.device)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
@@ -139,32 +145,41 @@ class Solver(nn.Module):
         z_trg, z_trg2 = inputs.z_trg, inputs.z_trg2
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
+        if self.cudagraphs:  # a new iteration: CUDA-graph outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         masks = nets.fan.get_heatmap(x_real) if args.w_hpf > 0 else None
 
         with self._autocast():
-            d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks)
+            d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks,
+                                                    logits_and_r1=self.logits_and_r1)
         self._reset_grad()
         d_loss.backward()
         self._step('discriminator')
 
         with self._autocast():
-            d_loss, d_losses_ref = compute_d_loss(nets, weights, x_real, y_org, y_trg, x_ref=x_ref, masks=masks)
+            d_loss, d_losses_ref = compute_d_loss(nets, weights, x_real, y_org, y_trg, x_ref=x_ref, masks=masks,
+                                                 logits_and_r1=self.logits_and_r1)
         self._reset_grad()
         d_loss.backward()
         self._step('discriminator')
 
-        with self._autocast():
-            g_loss, g_losses_latent = compute_g_loss(nets, weights, x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2],
-                                                     masks=masks)
-        self._reset_grad()
-        g_loss.backward()
+        # The G steps need the discriminator (and, in the reference step, the style encoder) only for the gradient
+        # with respect to their inputs: the reference also computes their weight gradients and then throws them away
+        # (zero_grad before their next step). Frozen here, so that backward skips that work; G's gradients are the same.
+        with self._frozen('discriminator'):
+            with self._autocast():
+                g_loss, g_losses_latent = compute_g_loss(nets, weights, x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2],
+                                                         masks=masks)
+            self._reset_grad()
+            g_loss.backward()
         self._step('generator', 'mapping_network', 'style_encoder')
 
-        with self._autocast():
-            g_loss, g_losses_ref = compute_g_loss(nets, weights, x_real, y_org, y_trg, x_refs=[x_ref, x_ref2],
-                                                  masks=masks)
-        self._reset_grad()
-        g_loss.backward()
+        with self._frozen('discriminator', 'style_encoder', 'mapping_network'):
+            with self._autocast():
+                g_loss, g_losses_ref = compute_g_loss(nets, weights, x_real, y_org, y_trg, x_refs=[x_ref, x_ref2],
+                                                      masks=masks)
+            self._reset_grad()
+            g_loss.backward()
         self._step('generator')
 
         for name in ('generator', 'mapping_network', 'style_encoder'):
@@ -172,6 +187,19 @@ class Solver(nn.Module):
 
         terms = [*d_losses_latent.values(), *d_losses_ref.values(), *g_losses_latent.values(), *g_losses_ref.values()]
         return torch.stack([t.float() for t in terms])
+
+    @contextlib.contextmanager
+    def _frozen(self, *names):
+        """The parameters of the named networks do not require gradients inside the block (skip_unused_grads)."""
+        params = [p for name in names for p in self.nets[name].parameters() if p.requires_grad] \
+            if self.skip_unused_grads else []
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def _autocast(self):
         if self.args.get('amp', 'none') == 'bf16':
@@ -205,7 +233,15 @@ class Solver(nn.Module):
             with stop.installed():
                 for i in progress:
                     inputs = next(fetcher)
-                    terms = self.train_step(inputs, i)
+                    try:
+                        terms = self.train_step(inputs, i)
+                    except Exception as e:
+                        if args.get('compile') and type(e).__module__.startswith(('torch._dynamo', 'torch._inductor')):
+                            raise RuntimeError(
+                                f'--compile: torch.compile failed at step {i + 1} ({type(e).__name__}). Train without '
+                                f'--compile (the same computation, eager), or try --compile_backend aot_eager to tell '
+                                f'capture problems from code generation ones.') from e
+                        raise
                     step = i + 1
                     is_log = args.print_every > 0 and step % args.print_every == 0
                     is_save = args.save_every > 0 and step % args.save_every == 0
@@ -254,10 +290,27 @@ class Solver(nn.Module):
             f' Training stopped; the latest checkpoint on disk is from before this. Lower --lr, or check the data.')
 
     def _compile(self):
-        """torch.compile the generator, mapping network and style encoder (the discriminator stays eager: its R1
-        double backward is not supported by the compiled autograd path)."""
-        for name in ('generator', 'mapping_network', 'style_encoder'):
-            self.nets[name] = torch.compile(self.nets[name])
+        """torch.compile every training network in place (state_dict keys unchanged) and the discriminator's real
+        branch with its R1 penalty as one function (d_logits_and_r1): the compiled autograd has no double backward,
+        so the reference's autograd.grad(create_graph=True) form cannot run through compiled code."""
+        args = self.args
+        kw = dict(mode=None if args.get('compile_mode', 'default') == 'default' else args.compile_mode,
+                  backend=args.get('compile_backend', 'inductor'))
+        for name in ('generator', 'mapping_network', 'style_encoder', 'discriminator'):
+            self.nets[name].compile(**kw)
+        if 'fan' in self.nets:  # the masks: the FAN and the post-processing (~20 passes over 98 maps) in one graph
+            fan = self.nets.fan
+            fan.get_heatmap = torch.compile(fan.get_heatmap, **kw)
+        discriminator = self.nets.discriminator
+        compiled = torch.compile(lambda x_real, y_org: d_logits_and_r1(discriminator, x_real, y_org), **kw)
+        self.cudagraphs = kw['mode'] == 'reduce-overhead'
+
+        def logits_and_r1(x_real, y_org):
+            out, loss_reg = compiled(x_real, y_org)
+            # under CUDA graphs the outputs live in the graph's memory, which the D step on reference images
+            # overwrites while the latent step's R1 value is still to be logged: copies (a few bytes)
+            return (out.clone(), loss_reg.clone()) if self.cudagraphs else (out, loss_reg)
+        self.logits_and_r1 = logits_and_r1
 
     # ------------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -22,6 +22,11 @@ extra host sync inside the loop, so the host may run ahead as in training), the 
 TFLOP/s = FLOPs of one iteration (torch.utils.flop_counter.FlopCounterMode, eager, same device: convolutions and
 matmuls, forward and backward including R1's double backward and the FAN) / mean s per iteration.
 
+Modes (--compare --modes a,b,...): reference_work (eager, and also the weight gradients the reference computes and
+throws away in the G steps), eager (the default training path), compile (torch.compile of G, F, E, D with R1, FAN),
+compile_cudagraphs (the same, mode reduce-overhead), compile_autotune (max-autotune-no-cudagraphs), bf16 and
+compile_bf16 (autocast; opt-in, changes numerics).
+
 --compare runs several modes one after the other in this process, each from freshly built networks with the same
 seed, and a numerics check: the first iteration of every mode runs on the same fixed batch from the same initial
 weights, and the parameters after it are compared with those of the eager fp32 baseline. Two reference rows calibrate
@@ -59,18 +64,23 @@ from munch import Munch  # noqa: E402
 
 from core.config import parse_args  # noqa: E402
 
-MODES = {  # name -> (compile, amp)
-    'eager': (False, 'none'),
-    'compile': (True, 'none'),
-    'bf16': (False, 'bf16'),
-    'compile_bf16': (True, 'bf16'),
+MODES = {  # name -> the settings it changes (the rest are the command line's)
+    # the reference's work: also the weight gradients of D (and E) in the G steps, which it throws away
+    'reference_work': dict(compile=False, amp='none', skip_unused_grads=False),
+    'eager': dict(compile=False, amp='none'),  # this project's default
+    'compile': dict(compile=True, amp='none', compile_mode='default'),
+    'compile_cudagraphs': dict(compile=True, amp='none', compile_mode='reduce-overhead'),
+    'compile_autotune': dict(compile=True, amp='none', compile_mode='max-autotune-no-cudagraphs'),
+    'bf16': dict(compile=False, amp='bf16'),
+    'compile_bf16': dict(compile=True, amp='bf16', compile_mode='default'),
 }
 ALIASES = {'amp': 'bf16', 'compile_amp': 'compile_bf16', 'fp32': 'eager', 'baseline': 'eager'}
 TRAINABLE = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
 DEFINITIONS = {
     's_per_iter': 'mean seconds per iteration = wall time of the timed region / iterations (throughput)',
     's_per_iter_median': 'median of the per-iteration times (CUDA events between iterations; perf_counter on CPU)',
-    'tflops': 'flops_per_iter / s_per_iter / 1e12',
+    'tflops': 'flops_per_iter / s_per_iter / 1e12 (the reference_work mode does more FLOPs: its own count, or none '
+              'with --flops_per_iter)',
     'peak_mem_gib': 'torch.cuda.max_memory_allocated over the timed iterations (reset after warm-up)',
     'param_max_rel_diff': 'after one iteration from the same weights and batch: max|p_mode - p_eager| / max|p_eager|, '
                           'maxima over all parameter elements (of a network, or of G, F, E, D together)',
@@ -82,7 +92,7 @@ DEFINITIONS = {
     'update_rel_l2': '||p_mode - p_eager||_2 / ||p_eager - p_init||_2 over all parameters: difference of the '
                      'one-iteration updates, relative to the update',
     'grad_rel_l2': '||g_mode - g_eager||_2 / ||g_eager||_2 of the gradients left by the last backward (G reference '
-                   'step: G, E, D)',
+                   'step: G; E and D too in the reference_work mode, where they are not frozen)',
     'loss_max_rel_diff': 'max over the 14 loss terms of |t_mode - t_eager| / max(|t_eager|, 1e-6)',
     'loss_first_step_max_rel_diff': 'the same over D/latent_{real,fake,reg}, computed before any optimiser step: '
                                     'forward (and R1 backward) numerics alone, from identical weights',
@@ -112,7 +122,7 @@ def bench_parser():
     p.add_argument('--json', type=str, default=None, help='Also write the JSON result here (rewritten after each mode)')
     p.add_argument('--compare', action='store_true',
                    help='Run --modes one after the other (fresh networks, same seed) plus the numerics check')
-    p.add_argument('--modes', type=str, default='eager,compile,bf16,compile_bf16',
+    p.add_argument('--modes', type=str, default='reference_work,eager,compile,bf16',
                    help='Modes for --compare, from: ' + ', '.join(MODES) + ' (amp = bf16)')
     p.add_argument('--no_numerics', action='store_true', help='--compare without the numerics check')
     p.add_argument('--flops_per_iter', type=float, default=None,
@@ -304,7 +314,9 @@ def new_solver(args, device):
     from core.solver import Solver
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    return Solver(args, device)
+    solver = Solver(args, device)
+    solver.skip_unused_grads = args.get('skip_unused_grads', True)
+    return solver
 
 
 def count_params(solver):
@@ -471,7 +483,9 @@ def _profile_table(prof, device, trace, mode_name, n_top=25):
 def run_mode(name, args, bargs, device, fixed_inputs, loaders, numerics, profile_trace=None):
     """Builds fresh networks (seeded), optionally runs the numerics iteration (fixed batch, initial weights), warms
     up, times. Returns a dict; raises on failure (the caller records the error)."""
-    res = dict(mode=name, compile=bool(args.compile), amp=args.amp, status='running')
+    res = dict(mode=name, compile=bool(args.compile), amp=args.amp, status='running',
+               compile_mode=args.compile_mode if args.compile else None,
+               skip_unused_grads=args.get('skip_unused_grads', True))
     t_build = time.perf_counter()
     solver = new_solver(args, device)
     try:
@@ -752,9 +766,9 @@ def main(argv=None, redirect_stdout=True, start_time=None):
                 free_memory(device)
 
         if bargs.compare:
-            modes = [(m, Munch(args, compile=MODES[m][0], amp=MODES[m][1])) for m in bargs.modes]
+            modes = [(m, Munch(args, **MODES[m])) for m in bargs.modes]
         else:
-            label = {v: k for k, v in MODES.items()}.get((bool(args.compile), args.amp), 'custom')
+            label = next((k for k, v in MODES.items() if all(args.get(f, True) == x for f, x in v.items())), 'custom')
             modes = [(label, args)]
         numerics = bargs.compare and not bargs.no_numerics
         states, report['numerics'] = {}, ({} if numerics else None)
@@ -789,10 +803,13 @@ def main(argv=None, redirect_stdout=True, start_time=None):
                 trace = f'{stem}.{name}{ext or ".json"}{gz}'
             try:
                 res, state = run_mode(name, margs, bargs, device, fixed_inputs, loaders, numerics, trace)
-                if report.get('flops_per_iter'):
-                    res['tflops'] = report['flops_per_iter'] / res['s_per_iter'] / 1e12
-                else:
-                    res['tflops'] = None
+                flops = report.get('flops_per_iter')
+                if not margs.get('skip_unused_grads', True):  # more work than the default: its own count
+                    flops = report.get('flops_per_iter_reference_work')
+                    if flops is None and not bargs.flops_per_iter:
+                        flops = report['flops_per_iter_reference_work'] = count_flops(margs, device, fixed_inputs)[0]
+                res['flops_per_iter'] = flops
+                res['tflops'] = flops / res['s_per_iter'] / 1e12 if flops else None
                 log(f"   {res['s_per_iter_median']:.4f} s/it median, {res['s_per_iter']:.4f} s/it mean, "
                     f"{res['it_per_s']:.2f} it/s, TFLOP/s {fmt(res['tflops'], '.2f')}, "
                     f"peak {fmt(res.get('peak_mem_gib'), '.2f')} GiB, first iteration {res.get('first_iter_s')} s")

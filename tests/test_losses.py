@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from munch import Munch
 
-from core.losses import adv_loss, compute_d_loss, compute_g_loss, lambda_ds_at, moving_average, r1_reg
+from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1, lambda_ds_at, moving_average,
+                         r1_reg)
 from conftest import tiny_args
 
 
@@ -46,6 +47,37 @@ def test_r1_against_finite_differences():
     # and it is differentiable with respect to D's parameters (create_graph)
     r1_reg(d(x), x).backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_d_logits_and_r1_equals_the_reference_form():
+    """The torch.func form (what --compile captures) gives the reference's logits, R1 and D gradients."""
+    from core.model import Discriminator
+    torch.manual_seed(0)
+    D = Discriminator(img_size=32, num_domains=2, max_conv_dim=32, dim_in=8).double()
+    x, y = torch.randn(3, 3, 32, 32, dtype=torch.double), torch.tensor([0, 1, 1])
+
+    x_in = x.clone().requires_grad_()
+    out_ref = D(x_in, y)
+    r1_ref = r1_reg(out_ref, x_in)
+    grads_ref = torch.autograd.grad(adv_loss(out_ref, 1) + 1.7 * r1_ref, list(D.parameters()))
+
+    out, r1 = d_logits_and_r1(D, x, y)
+    grads = torch.autograd.grad(adv_loss(out, 1) + 1.7 * r1, list(D.parameters()))
+    assert torch.allclose(out, out_ref, rtol=1e-12, atol=0) and math.isclose(r1.item(), r1_ref.item(), rel_tol=1e-12)
+    assert r1.item() > 0 and not x.requires_grad
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-14)
+
+    # and compute_d_loss gives the same loss through either form
+    nets = Munch(discriminator=D, generator=Const(lambda p, x, s, masks=None: x * 0.5),
+                 mapping_network=Const(lambda p, z, y: z))
+    args = Munch(w_hpf=0, lambda_reg=1.0)
+    z = torch.zeros(3, 1, dtype=torch.double)
+    loss_ref, t_ref = compute_d_loss(nets, args, x, y, y.flip(0), z_trg=z)
+    loss, t = compute_d_loss(nets, args, x, y, y.flip(0), z_trg=z,
+                             logits_and_r1=lambda x_real, y_org: d_logits_and_r1(D, x_real, y_org))
+    assert math.isclose(loss.item(), loss_ref.item(), rel_tol=1e-12)
+    assert all(math.isclose(t[k].item(), t_ref[k].item(), rel_tol=1e-12) for k in t_ref)
 
 
 def test_lambda_ds_linear_decay():

@@ -76,3 +76,19 @@ def test_wing_ignores_unknown_keys(tmp_path, random_wing):
     torch.save(ckpt, fname)
     fan = FAN(fname_pretrained=str(fname))
     assert torch.equal(fan.l0.bias, ckpt['state_dict']['l0.bias'])
+
+
+def test_compiled_masks_equal_eager(random_wing):
+    """Solver._compile captures get_heatmap (FAN + post-processing) as one graph: no graph break, the same masks."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    fan = FAN(fname_pretrained=random_wing).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    masks = fan.get_heatmap(x)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fan.get_heatmap, backend='aot_eager')
+    masks_c = compiled(x)
+    assert not counters['graph_break'] and counters['stats']['unique_graphs'] == 1
+    for m, mc in zip(masks, masks_c):
+        assert m.abs().sum() > 0 and torch.allclose(m, mc, rtol=0, atol=1e-5)
