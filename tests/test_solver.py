@@ -118,6 +118,14 @@ def _compiled_vs_eager(backend, n_iters, **kw):
     return out
 
 
+def _assert_terms_close(t_comp, t_eager):
+    # Iteration 1 up to the G latent step runs from the same weights: rounding only (inductor on a CPU: <= 7.2e-7 with
+    # w_hpf 1). The G reference terms and iteration 2 run after Adam steps, whose first move is ~lr * sign(grad) for
+    # gradients that can sit at rounding level (see test_losses.py): 3.4e-5 with w_hpf 1.
+    assert torch.allclose(t_comp[0, :10], t_eager[0, :10], rtol=1e-5, atol=0)
+    assert torch.allclose(t_comp, t_eager, rtol=1e-3, atol=0)
+
+
 def test_compiled_training_step_matches_eager():
     """--compile captures the whole step (R1 included, through d_logits_and_r1) without graph breaks or
     recompilations after the first iteration, and computes the eager step's loss terms. aot_eager: the dynamo and
@@ -126,9 +134,7 @@ def test_compiled_training_step_matches_eager():
     assert solver.logits_and_r1 is not None
     assert not breaks
     assert stats[0].get('unique_graphs', 0) >= 5 and stats[1] == stats[0]  # all compiled in iteration 1, no more
-    # iteration 1 runs from the same weights; iteration 2 after Adam steps whose first move is ~lr * sign(grad)
-    assert torch.allclose(t_comp[0], t_eager[0], rtol=1e-5, atol=0)
-    assert torch.allclose(t_comp[1], t_eager[1], rtol=1e-3, atol=0)
+    _assert_terms_close(t_comp, t_eager)
     # the compiled modules keep the reference's state_dict keys (checkpoints unchanged)
     assert not any('_orig_mod' in k for k in solver.nets.generator.state_dict())
 
@@ -139,7 +145,7 @@ def test_inductor_training_step_matches_eager(w_hpf, random_wing):
     kw = dict(w_hpf=w_hpf, img_size=64, wing_path=random_wing) if w_hpf else {}
     (t_eager, _, _, _), (t_comp, stats, breaks, _) = _compiled_vs_eager('inductor', 2, **kw)
     assert not breaks and stats[1] == stats[0]
-    assert torch.allclose(t_comp[0], t_eager[0], rtol=1e-5, atol=0)
+    _assert_terms_close(t_comp, t_eager)
 
 
 def test_losses_move_in_the_right_direction():
