@@ -23,7 +23,7 @@ step() {  # step DEADLINE_S NAME ARGS...: runs scripts/benchmark.py unless fewer
 # the reference's work, the default, torch.compile, torch.compile with CUDA graphs; each with the one-iteration
 # numerics check against the default. The CelebA-HQ run also profiles every mode (top kernels by device time).
 step 290 afhq   --preset afhq      --loader real --make_images 48 --compare \
-  --modes eager,reference_work,compile,compile_cudagraphs --iters 20 --warmup 3 --flops_per_iter 2.146e13 \
+  --modes eager,compile,compile_cudagraphs,reference_work --iters 20 --warmup 3 --flops_per_iter 2.146e13 \
   --min_compile_mode_s 60
 step 570 celeba --preset celeba_hq --loader real --make_images 48 --compare \
   --modes eager,compile,compile_cudagraphs --iters 20 --warmup 3 --flops_per_iter 2.104e13 \
