@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The GPU measurements still open (docs/benchmarks.md), in one call that ends by fixed deadlines (~9.5 min in all).
 # Usage on a GPU machine, from the repository root:  OUT=/some/dir bash scripts/gpu_checks.sh
-# (the lent H100 image lacks munch: carry its wheel and put it on PYTHONPATH first, see docs/benchmarks.md)
+# (the lent H100 image lacks munch: run it with `carry: [".whl"]`, the wheels of docs/benchmarks.md; it installs them)
 # Each step writes its JSON to $OUT; a step that would not fit its deadline is skipped and says so, and inside a step
 # scripts/benchmark.py skips the modes that no longer fit (--time_budget_s).
 set -u
 OUT=${OUT:-expr/gpu_checks}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! python3 -c "import munch" 2>/dev/null; then  # a bare GPU image: the wheels carried in .whl, if any
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+  else
+    echo "munch is not installed and no .whl/ folder was carried: see docs/benchmarks.md"; exit 1
+  fi
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
 S=$SECONDS
