@@ -33,6 +33,14 @@ def d_logits_and_r1(discriminator, x_real, y_org):
     return out, 0.5 * grad_dout.pow(2).flatten(1).sum(1).mean(0)
 
 
+def target_style(nets, y_trg, z_trg=None, x_ref=None):
+    """The target style code: from a latent code through the mapping network, or from a reference image through the
+    style encoder (exactly one of z_trg, x_ref)."""
+    if z_trg is not None:
+        return nets.mapping_network(z_trg, y_trg)
+    return nets.style_encoder(x_ref, y_trg)
+
+
 def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, masks=None, logits_and_r1=None):
     """D loss with the target style from a latent code (z_trg) or a reference image (x_ref). logits_and_r1:
     optional (x_real, y_org) -> (D(x_real), R1), e.g. a compiled d_logits_and_r1 (Solver with --compile)."""
@@ -48,11 +56,7 @@ def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, mas
     loss_real = adv_loss(out, 1)
 
     with torch.no_grad():
-        if z_trg is not None:
-            s_trg = nets.mapping_network(z_trg, y_trg)
-        else:
-            s_trg = nets.style_encoder(x_ref, y_trg)
-        x_fake = nets.generator(x_real, s_trg, masks=masks)
+        x_fake = nets.generator(x_real, target_style(nets, y_trg, z_trg, x_ref), masks=masks)
     out = nets.discriminator(x_fake, y_trg)
     loss_fake = adv_loss(out, 0)
 
@@ -63,12 +67,9 @@ def compute_d_loss(nets, args, x_real, y_org, y_trg, z_trg=None, x_ref=None, mas
 def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, masks=None):
     """G loss = adv + lambda_sty * sty - lambda_ds * ds + lambda_cyc * cyc, styles from latents or references."""
     assert (z_trgs is None) != (x_refs is None)
-    if z_trgs is not None:
-        z_trg, z_trg2 = z_trgs
-        s_trg = nets.mapping_network(z_trg, y_trg)
-    else:
-        x_ref, x_ref2 = x_refs
-        s_trg = nets.style_encoder(x_ref, y_trg)
+    z_trg, z_trg2 = z_trgs if z_trgs is not None else (None, None)
+    x_ref, x_ref2 = x_refs if x_refs is not None else (None, None)
+    s_trg = target_style(nets, y_trg, z_trg, x_ref)
 
     # adversarial loss
     x_fake = nets.generator(x_real, s_trg, masks=masks)
@@ -82,11 +83,7 @@ def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, m
     # diversity sensitive loss; the second image is a constant (the reference detaches it), so it is computed without
     # building a graph: the same values, no activations kept for a backward that never comes
     with torch.no_grad():
-        if z_trgs is not None:
-            s_trg2 = nets.mapping_network(z_trg2, y_trg)
-        else:
-            s_trg2 = nets.style_encoder(x_ref2, y_trg)
-        x_fake2 = nets.generator(x_real, s_trg2, masks=masks)
+        x_fake2 = nets.generator(x_real, target_style(nets, y_trg, z_trg2, x_ref2), masks=masks)
     loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
 
     # cycle-consistency loss

@@ -129,6 +129,12 @@ class Solver(nn.Module):
         for optim in self.optims.values():
             optim.zero_grad(set_to_none=True)
 
+    def _update(self, loss, *names):
+        """zero_grad on every optimiser (as the reference), backward, step the named networks."""
+        self._reset_grad()
+        loss.backward()
+        self._step(*names)
+
     def _step(self, *names):
         """All-reduce (under torchrun) and step the optimisers of the named networks."""
         for name in names:
@@ -152,16 +158,12 @@ class Solver(nn.Module):
         with self._autocast():
             d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks,
                                                     logits_and_r1=self.logits_and_r1)
-        self._reset_grad()
-        d_loss.backward()
-        self._step('discriminator')
+        self._update(d_loss, 'discriminator')
 
         with self._autocast():
             d_loss, d_losses_ref = compute_d_loss(nets, weights, x_real, y_org, y_trg, x_ref=x_ref, masks=masks,
                                                  logits_and_r1=self.logits_and_r1)
-        self._reset_grad()
-        d_loss.backward()
-        self._step('discriminator')
+        self._update(d_loss, 'discriminator')
 
         # The G steps need the discriminator (and, in the reference step, the style encoder) only for the gradient
         # with respect to their inputs: the reference also computes their weight gradients and then throws them away
@@ -170,17 +172,13 @@ class Solver(nn.Module):
             with self._autocast():
                 g_loss, g_losses_latent = compute_g_loss(nets, weights, x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2],
                                                          masks=masks)
-            self._reset_grad()
-            g_loss.backward()
-        self._step('generator', 'mapping_network', 'style_encoder')
+            self._update(g_loss, 'generator', 'mapping_network', 'style_encoder')
 
         with self._frozen('discriminator', 'style_encoder', 'mapping_network'):
             with self._autocast():
                 g_loss, g_losses_ref = compute_g_loss(nets, weights, x_real, y_org, y_trg, x_refs=[x_ref, x_ref2],
                                                       masks=masks)
-            self._reset_grad()
-            g_loss.backward()
-        self._step('generator')
+            self._update(g_loss, 'generator')
 
         for name in ('generator', 'mapping_network', 'style_encoder'):
             moving_average(nets[name], nets_ema[name], beta=args.get('ema_beta', 0.999))
