@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from munch import Munch
 
-from core.config import parse_args, save_config
+from core.checkpoint import resolve_resume_step
+from core.config import parse_args, save_config, summary
 from core.data_loader import DataError, get_test_loader, get_train_loader
 from core.distributed import barrier, cleanup, init_distributed
-from core.solver import NonFiniteLossError, Solver
+from core.solver import Solver
+from core.train_log import NonFiniteLossError
 
 
 def subdirs(dname):
@@ -25,7 +27,9 @@ def subdirs(dname):
 
 def main(args):
     dist_info = init_distributed(args.device)
-    device = dist_info.device
+    device = dist_info.device  # chosen once, passed down
+    if dist_info.rank == 0:
+        print(summary(args, device))
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -44,7 +48,7 @@ def main(args):
                              f'processes ({dist_info.world_size})')
         local_batch = args.batch_size // dist_info.world_size
         solver = Solver(args, device)
-        start = args.resume_iter if args.resume_iter >= 0 else _latest(args)
+        start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
         common = dict(img_size=args.img_size, batch_size=local_batch, prob=args.randcrop_prob,
                       num_workers=args.num_workers, seed=args.seed, start_step=start, num_domains=args.num_domains,
                       skip_bad_images=args.skip_bad_images, rank=dist_info.rank, world_size=dist_info.world_size,
@@ -78,14 +82,8 @@ def main(args):
     cleanup()
 
 
-def _latest(args):
-    from core.solver import find_latest_step
-    return find_latest_step(args.checkpoint_dir)
-
-
 if __name__ == '__main__':
     args = parse_args()
-    print(args)
     try:
         main(args)
     except (DataError, FileNotFoundError, NonFiniteLossError) as e:

@@ -1,12 +1,11 @@
-"""Face alignment for `--mode align` (SPEC section 2): crop and rotate a face the way CelebA-HQ faces are.
+"""The geometry of face alignment (SPEC section 2): crop and rotate a face, given its 98 landmarks, the way CelebA-HQ
+faces are. The landmarks come from the FAN; core/wing.py puts the two together (FaceAligner, align_faces, --mode
+align), so this module needs no network.
 
-    python main.py --mode align --inp_dir assets/representative/custom/female \
-                   --out_dir assets/representative/celeba_hq/src/female
+    geometry = FaceGeometry('expr/checkpoints/celeba_lm_mean.npz', output_size=256)
+    aligned = geometry.align_image(img, landmarks)   # (H, W, 3) in [0, 255] + (98, 2) -> (256, 256, 3) float64
 
-    aligner = FaceAligner('expr/checkpoints/wing.ckpt', 'expr/checkpoints/celeba_lm_mean.npz', 256, device)
-    x_aligned = aligner.align(x)   # (N, 3, H, W) in [-1, 1] -> (N, 3, 256, 256) in [-1, 1]
-
-Per image, as the reference does it: 98 landmarks from the FAN (core/wing.py); the image mirror-padded by half its
+Per image, as the reference does it: 98 landmarks (from the FAN); the image mirror-padded by half its
 size with a blurred border; a similarity transform (rotation from the eye/mouth axis, isotropic scale from the eyes
 and mouth corners, translation between the landmark means) onto the mean CelebA-HQ landmarks (`celeba_lm_mean.npz`,
 key 'mean', 98x2 at 256 px); a high-quality warp; the top-left output_size square is the result.
@@ -27,9 +26,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from core.wing import FAN
+from core.data_loader import IMG_EXTENSIONS
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 DOWNLOAD_HINT = 'Get it with `bash scripts/download.sh wing` (it fetches wing.ckpt and celeba_lm_mean.npz)'
 
 # landmark indices of the 98-point (WFLW) layout
@@ -162,20 +160,13 @@ def load_mean_landmarks(fname):
 
 # ---------------------------------------------------------------------------------------------------------------------
 
-class FaceAligner:
-    def __init__(self, fname_wing, fname_celeba_mean, output_size, device='cpu'):
-        if not os.path.isfile(fname_wing):
-            raise FileNotFoundError(f'FAN weights not found: {fname_wing}. {DOWNLOAD_HINT}, or pass --wing_path.')
-        self.device = torch.device(device)
-        self.fan = FAN(fname_pretrained=fname_wing).to(self.device).eval()
+class FaceGeometry:
+    """The similarity transform onto the mean CelebA-HQ face (celeba_lm_mean.npz, scaled to output_size) and the warp."""
+
+    def __init__(self, fname_celeba_mean, output_size):
         self.output_size = output_size
         self.ref_landmarks = load_mean_landmarks(fname_celeba_mean) * (output_size / 256)  # (98, 2)
         self.xaxis_ref = landmarks2xaxis(self.ref_landmarks)
-
-    @torch.no_grad()
-    def get_landmarks(self, x):
-        """x (N, 3, H, W) in [-1, 1] -> (N, 98, 2) float64 landmarks (x, y) in x's pixel units."""
-        return self.fan.get_landmark(x.to(self.device)).cpu().double().numpy()
 
     def landmarks2mat(self, landmarks):
         """3x3 similarity matrix taking the (98, 2) landmarks onto the mean face: T_ref . S . R . T_origin."""
@@ -197,59 +188,8 @@ class FaceAligner:
             raise ValueError('cannot align: the eye and mouth landmarks coincide (no face found?)')
         return warp_image(padded, matrix, (self.output_size, self.output_size))
 
-    def align(self, imgs):
-        """imgs (N, 3, H, W) in [-1, 1] -> (N, 3, output_size, output_size) in [-1, 1], on imgs' device."""
-        landmarks = self.get_landmarks(imgs)
-        out = []
-        for img, lm in zip(imgs, landmarks):
-            img_np = (img.detach().permute(1, 2, 0).cpu().double().numpy() * 0.5 + 0.5) * 255
-            aligned = self.align_image(img_np, lm)
-            out.append(torch.from_numpy(aligned).permute(2, 0, 1).float() / 255 * 2 - 1)
-        return torch.stack(out).clamp_(-1, 1).to(imgs.device)
-
 
 def list_images(input_dir):
     """Sorted image file names (png/jpg/jpeg, any case) directly in input_dir."""
     return sorted(f for f in os.listdir(input_dir)
                   if f.lower().endswith(IMG_EXTENSIONS) and os.path.isfile(os.path.join(input_dir, f)))
-
-
-def _resolve_device(args):
-    device = args.get('device', None) if hasattr(args, 'get') else getattr(args, 'device', None)
-    if device is None or str(device) == 'auto':  # main.py normally resolves it; this is what --device auto means
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(device)
-
-
-def align_faces(args, input_dir, output_dir, device=None):
-    """Aligns every image of input_dir (sorted) and saves it under the same name in output_dir.
-
-    Uses args.img_size (input resize and output size), args.wing_path and args.lm_path. Returns the written paths.
-    """
-    if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f'Input folder not found: {input_dir} (--inp_dir)')
-    fnames = list_images(input_dir)
-    if not fnames:
-        raise FileNotFoundError(f'No images (png/jpg/jpeg) in {input_dir} (--inp_dir)')
-    device = torch.device(device) if device is not None else _resolve_device(args)
-    aligner = FaceAligner(args.wing_path, args.lm_path, args.img_size, device)
-    os.makedirs(output_dir, exist_ok=True)
-
-    written = []
-    for fname in fnames:
-        image = Image.open(os.path.join(input_dir, fname)).convert('RGB')
-        # PIL bilinear resize, as torchvision's Resize on a PIL image in the reference
-        image = image.resize((args.img_size, args.img_size), Image.Resampling.BILINEAR)
-        img_np = np.asarray(image, dtype=np.float64)  # (H, W, 3) in [0, 255]
-        x = torch.from_numpy(img_np / 255 * 2 - 1).permute(2, 0, 1).unsqueeze(0).float()
-        landmarks = aligner.get_landmarks(x)[0]
-        try:
-            aligned = aligner.align_image(img_np, landmarks)
-        except ValueError as e:
-            raise ValueError(f'{os.path.join(input_dir, fname)}: {e}') from e
-        out = np.clip(np.floor(aligned + 0.5), 0, 255).astype(np.uint8)  # rounding, as torchvision's save_image
-        path = os.path.join(output_dir, fname)
-        Image.fromarray(out).save(path)
-        written.append(path)
-        print(f'Saved the aligned image to {path}')
-    return written

@@ -4,25 +4,32 @@
     ckptio.save(step)   # atomic: written to a temp file in the same folder, then renamed
     ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`
 
-Anything with state_dict()/load_state_dict() can be registered (networks, optimisers, plain dicts via `StateDict`).
+    run = RunCheckpoint(checkpoint_dir, nets, nets_ema, optims)   # a training run's files, with its RNG state
+    run.save(step, lambda_ds); run.load(step)
+    step = resolve_resume_step(args.resume_iter, args.checkpoint_dir)   # -1: the latest complete checkpoint
+
+Anything with state_dict()/load_state_dict() can be registered (networks, optimisers).
 """
 import os
+import random
 import tempfile
 
+import numpy as np
 import torch
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = '--img_size, --num_domains, --w_hpf, --latent_dim, --style_dim (and --base_dim/--max_conv_dim/--hidden_dim)'
 
 
-def atomic_torch_save(obj, fname):
-    """torch.save to a temp file beside fname, fsync, then rename: fname is either the old file or the complete new one."""
+def atomic_write(fname, write):
+    """write(f) into a temp file beside fname, fsync, then rename: fname is either the old file or the complete new
+    one, whatever happens (a crash, Ctrl-C, a full disk) while writing."""
     folder = os.path.dirname(os.path.abspath(fname))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(fname) + '.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fname)
@@ -30,6 +37,10 @@ def atomic_torch_save(obj, fname):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_torch_save(obj, fname):
+    atomic_write(fname, lambda f: torch.save(obj, f))
 
 
 def unwrap(module):
@@ -48,20 +59,6 @@ def strip_module_prefix(state_dict):
             isinstance(k, str) and k.startswith('module.') for k in state_dict):
         return type(state_dict)((k[len('module.'):], v) for k, v in state_dict.items())
     return state_dict
-
-
-class StateDict:
-    """Wraps a plain dict so that CheckpointIO can save and restore it in place."""
-
-    def __init__(self, data=None):
-        self.data = {} if data is None else data
-
-    def state_dict(self):
-        return self.data
-
-    def load_state_dict(self, state):
-        self.data.clear()
-        self.data.update(state)
 
 
 class CheckpointIO:
@@ -123,3 +120,68 @@ def load_into(module, state_dict, name, fname, strict=True):
             f'missing {result.missing_keys[:5]} ({len(result.missing_keys)}), '
             f'unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}). '
             f'Likely differing flags: {_SHAPE_FLAGS}.')
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a training run: the reference's three files per step, and our run state written last
+
+NET_FILES = ('nets', 'nets_ema', 'optims')
+
+
+def find_latest_step(checkpoint_dir):
+    """Highest step with all three network/optimiser files present (0 if none)."""
+    if not os.path.isdir(checkpoint_dir):
+        return 0
+    steps = set()
+    for f in os.listdir(checkpoint_dir):
+        if f.endswith('_optims.ckpt') and f[:6].isdigit():
+            step = int(f[:6])
+            if all(os.path.exists(os.path.join(checkpoint_dir, '%06d_%s.ckpt' % (step, k))) for k in NET_FILES):
+                steps.add(step)
+    return max(steps, default=0)
+
+
+def resolve_resume_step(resume_iter, checkpoint_dir):
+    """--resume_iter as a step: -1 means the latest complete checkpoint in checkpoint_dir (0 when there is none)."""
+    return find_latest_step(checkpoint_dir) if resume_iter < 0 else resume_iter
+
+
+class RunCheckpoint:
+    """The files of a run: {step}_nets.ckpt, _nets_ema.ckpt, _optims.ckpt (the reference's) and {step}_state.ckpt
+    (ours: step, lambda_ds, world size, RNG states). Without optimisers (sample/eval) only _nets_ema.ckpt is read."""
+
+    def __init__(self, checkpoint_dir, nets, nets_ema, optims=None):
+        self.checkpoint_dir = checkpoint_dir
+        trainable = {k: v for k, v in nets.items() if k != 'fan'}
+        ema = {k: v for k, v in nets_ema.items() if k != 'fan'}
+        template = os.path.join(checkpoint_dir, '{:06d}_%s.ckpt')
+        self.ckptios = [CheckpointIO(template % 'nets_ema', **ema)]
+        if optims is not None:
+            self.ckptios = [CheckpointIO(template % 'nets', **trainable), self.ckptios[0],
+                            CheckpointIO(template % 'optims', **optims)]
+
+    def state_fname(self, step):
+        return os.path.join(self.checkpoint_dir, '%06d_state.ckpt' % step)
+
+    def save(self, step, **state):
+        for ckptio in self.ckptios:
+            ckptio.save(step)
+        # written last: its presence marks a complete checkpoint written by this project
+        state.update(step=step, torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
+                     python_rng=random.getstate(),
+                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        atomic_torch_save(state, self.state_fname(step))
+
+    def load(self, step, restore_rng=False):
+        """Loads the networks (and optimisers); with restore_rng, the process RNG states of a state file if there is
+        one (an authors' checkpoint has none)."""
+        for ckptio in self.ckptios:
+            ckptio.load(step)
+        fname = self.state_fname(step)
+        if restore_rng and os.path.exists(fname):
+            state = torch.load(fname, map_location='cpu', weights_only=False)
+            torch.set_rng_state(state['torch_rng'])
+            np.random.set_state(state['numpy_rng'])
+            random.setstate(state['python_rng'])
+            if state.get('cuda_rng') is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state['cuda_rng'])

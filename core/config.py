@@ -2,7 +2,9 @@
 
     args = parse_args(['--mode', 'train', '--preset', 'demo'])   # a Munch; flows from main.py down unchanged
 
-Presets fill in flags the user did not give; a flag given on the command line always wins.
+A preset (and the mode) set the parser's defaults before the command line is parsed: a flag given on the command
+line, in any form argparse accepts, always wins. Every default lives here, once; the code below main.py reads plain
+`args.x`.
 """
 import argparse
 import json
@@ -28,6 +30,20 @@ PRESETS = {
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
+
+# defaults that depend on --mode (applied like a preset, before it)
+MODE_DEFAULTS = {}
+
+
+SAMPLE_OUTPUTS = ('reference', 'latent', 'video_ref', 'video_latent')  # what --mode sample can write
+
+
+def _sample_outputs(text):
+    names = [s.strip() for s in text.split(',') if s.strip()]
+    unknown = [n for n in names if n not in SAMPLE_OUTPUTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f'{text!r}: choose from {",".join(SAMPLE_OUTPUTS)} (comma-separated)')
+    return ','.join(names)
 
 
 def get_parser():
@@ -101,6 +117,9 @@ def get_parser():
     p.add_argument('--ref_dir', type=str, default='assets/representative/celeba_hq/ref', help='Directory containing input reference images')
     p.add_argument('--inp_dir', type=str, default='assets/representative/custom/female', help='input directory when aligning faces')
     p.add_argument('--out_dir', type=str, default='assets/representative/celeba_hq/src/female', help='output directory when aligning faces')
+    p.add_argument('--outputs', type=_sample_outputs, default=','.join(SAMPLE_OUTPUTS),
+                   help='What --mode sample writes, comma-separated: reference, latent (the psi grids), video_ref, '
+                        'video_latent')
 
     # face alignment
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
@@ -126,29 +145,73 @@ def get_parser():
     return p
 
 
+def _pre_parse(argv):
+    """The flags that choose other flags' defaults (--preset, --mode), read before the full parse. add_help=False and
+    parse_known_args: everything else is left to the full parser (abbreviations included)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--preset', choices=sorted(PRESETS))
+    pre.add_argument('--mode')
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
 def parse_args(argv=None):
+    """Every flag as a Munch. Two stages: --preset (and --mode) first, whose values become the parser's defaults, then
+    the command line, so a flag given in any form argparse accepts (--batch 4, --batch_size=4) wins over the preset."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.preset:
-        given = _flags_given(parser, sys.argv[1:] if argv is None else argv)
-        for k, v in PRESETS[args.preset].items():
-            if k not in given:
-                setattr(args, k, v)
-    return Munch(vars(args))
+    known = _pre_parse(argv)
+    if known.mode in MODE_DEFAULTS:
+        parser.set_defaults(**MODE_DEFAULTS[known.mode])
+    if known.preset:
+        parser.set_defaults(**PRESETS[known.preset])
+    return Munch(vars(parser.parse_args(argv)))
 
 
-def _flags_given(parser, argv):
-    dests = set()
-    for tok in argv:
-        if tok.startswith('--'):
-            opt = tok.split('=', 1)[0]
-            for action in parser._actions:
-                if opt in action.option_strings:
-                    dests.add(action.dest)
-    return dests
+def defaults():
+    """Every flag's default (no preset), as a Munch: the one home of the defaults."""
+    args = Munch(vars(get_parser().parse_args(['--mode', 'train'])))  # --mode is the one required flag
+    args.mode = None
+    return args
+
+
+def complete_args(args):
+    """args (a Munch, a dict or an argparse.Namespace, e.g. from the reference's own parser) with every flag this
+    project knows filled in from the defaults: for the public entry points (build_model, calculate_metrics) that
+    downstream code calls with its own configuration. Code below them reads plain args.x."""
+    if not isinstance(args, dict):
+        args = vars(args)
+    missing = {k: v for k, v in defaults().items() if k not in args}
+    if not missing:
+        return args if isinstance(args, Munch) else Munch(args)
+    return Munch(missing, **args)
 
 
 def save_config(args, fname):
+    """args.json: the full configuration, beside the checkpoints."""
     os.makedirs(os.path.dirname(fname) or '.', exist_ok=True)
     with open(fname, 'w') as f:
         json.dump(dict(args), f, indent=2, sort_keys=True, default=str)
+
+
+def load_config(fname):
+    """The Munch written by save_config."""
+    with open(fname) as f:
+        return Munch(json.load(f))
+
+
+def summary(args, device):
+    """The short start-up line: mode, preset, device, data and output folders (the full configuration is args.json)."""
+    parts = [f'mode {args.mode}', f'preset {args.preset or "none"}', f'device {device}']
+    if args.mode == 'train':
+        parts += [f'data {args.train_img_dir} (val {args.val_img_dir})', f'checkpoints {args.checkpoint_dir}',
+                  f'samples {args.sample_dir}', f'{args.img_size} px, batch {args.batch_size}, '
+                  f'{args.total_iters} iterations']
+    elif args.mode == 'sample':
+        parts += [f'checkpoints {args.checkpoint_dir}', f'src {args.src_dir}', f'ref {args.ref_dir}',
+                  f'results {args.result_dir}']
+    elif args.mode == 'eval':
+        parts += [f'checkpoints {args.checkpoint_dir}', f'val {args.val_img_dir}', f'eval {args.eval_dir}']
+    elif args.mode == 'align':
+        parts += [f'input {args.inp_dir}', f'output {args.out_dir}']
+    return 'StarGAN v2: ' + '; '.join(parts)

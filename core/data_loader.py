@@ -130,7 +130,9 @@ class TrainTransform:
         return TF.normalize(TF.to_tensor(img), [0.5] * 3, [0.5] * 3)
 
 
-def _generator(*seeds):
+def seeded_generator(*seeds):
+    """A CPU torch.Generator seeded by a tuple of non-negative integers (through numpy's SeedSequence, so that nearby
+    tuples give unrelated streams)."""
     g = torch.Generator()
     g.manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1, dtype=np.uint64)[0] & (2 ** 63 - 1)))
     return g
@@ -155,7 +157,7 @@ class BalancedInfiniteSampler(data.Sampler):
         pos = self.start + self.rank
         while True:
             rnd, off = divmod(pos, self.n)
-            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=_generator(self.seed, rnd))
+            idx = torch.multinomial(self.weights, self.n, replacement=True, generator=seeded_generator(self.seed, rnd))
             while off < self.n:
                 yield int(idx[off]), pos
                 pos += self.world_size
@@ -176,8 +178,8 @@ class SourceDataset(data.Dataset):
 
     def __getitem__(self, key):
         index, draw = key
-        img = self.transform(load_rgb(self.samples[index]), _generator(self.seed, 1, draw))
-        z = torch.randn(2, self.latent_dim, generator=_generator(self.seed, 5, draw))
+        img = self.transform(load_rgb(self.samples[index]), seeded_generator(self.seed, 1, draw))
+        z = torch.randn(2, self.latent_dim, generator=seeded_generator(self.seed, 5, draw))
         return img, self.targets[index], z[0], z[1]
 
 
@@ -195,8 +197,8 @@ class ReferenceDataset(data.Dataset):
     def __getitem__(self, key):
         index, draw = key
         fname, fname2 = self.samples[index]
-        img = self.transform(load_rgb(fname), _generator(self.seed, 2, draw))
-        img2 = self.transform(load_rgb(fname2), _generator(self.seed, 3, draw))
+        img = self.transform(load_rgb(fname), seeded_generator(self.seed, 2, draw))
+        img2 = self.transform(load_rgb(fname2), seeded_generator(self.seed, 3, draw))
         return img, img2, self.targets[index]
 
 
@@ -263,23 +265,32 @@ class DefaultDataset(data.Dataset):
         return len(self.samples)
 
 
-def get_eval_loader(root, img_size=256, batch_size=32, imagenet_normalize=True, shuffle=True, num_workers=4,
-                    drop_last=False):
-    """Images of one folder for FID: PIL resize to img_size, then to 299 (bilinear), ImageNet normalisation."""
-    print('Preparing DataLoader for the evaluation phase...')
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def eval_transform(img_size, imagenet_normalize=True):
+    """The evaluation transform of a PIL image: resize to img_size, then (for Inception) to 299x299, bilinear, and
+    ImageNet normalisation; else to [-1, 1]. The one definition: FID of images in memory equals FID of their PNG files
+    because both go through it (metrics.fid.inception_inputs)."""
     if imagenet_normalize:
         height, width = 299, 299
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         height, width = img_size, img_size
         mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-    transform = transforms.Compose([
+    return transforms.Compose([
         transforms.Resize([img_size, img_size]),
         transforms.Resize([height, width]),
         transforms.ToTensor(),
         transforms.Normalize(mean=mean, std=std),
     ])
-    dataset = DefaultDataset(root, transform=transform)
+
+
+def get_eval_loader(root, img_size=256, batch_size=32, imagenet_normalize=True, shuffle=True, num_workers=4,
+                    drop_last=False):
+    """Images of one folder for FID: PIL resize to img_size, then to 299 (bilinear), ImageNet normalisation."""
+    print('Preparing DataLoader for the evaluation phase...')
+    dataset = DefaultDataset(root, transform=eval_transform(img_size, imagenet_normalize))
     if len(dataset) == 0:
         raise DataError(f'No images found in {root}')
     return data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,

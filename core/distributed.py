@@ -52,15 +52,19 @@ def _env_seconds(name, default):
     return seconds
 
 
+def resolve_device(device_arg='auto'):
+    """--device as a torch.device: auto is cuda when a GPU is visible, else cpu. The one place that decides."""
+    if device_arg in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device_arg)
+
+
 def init_distributed(device_arg='auto', timeout_s=None):
     """Starts the process group when launched by torchrun (WORLD_SIZE > 1) and picks this rank's device:
     cuda:LOCAL_RANK with nccl on GPUs, gloo on CPU. timeout_s (default: $STARGAN_DIST_TIMEOUT_S, else 600) bounds
     how long a collective waits for a dead or stuck peer before failing."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if device_arg in (None, 'auto'):
-        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    else:
-        device = torch.device(device_arg)
+    device = resolve_device(device_arg)
     if world_size > 1 and not is_distributed():
         if timeout_s is None:
             timeout_s = _env_seconds('STARGAN_DIST_TIMEOUT_S', DEFAULT_TIMEOUT_S)
@@ -123,14 +127,6 @@ def barrier():
             raise RuntimeError(f'rank {get_rank()}: waited {_barrier.timeout_s:.0f} s at a barrier for the other '
                                f'ranks (STARGAN_DIST_BARRIER_TIMEOUT_S); a rank died or is stuck')
         time.sleep(0.2)
-
-
-def broadcast_module(module, src=0):
-    """Makes every rank hold rank src's parameters and buffers."""
-    if not is_distributed():
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src)
 
 
 def cleanup():

@@ -269,15 +269,13 @@ def he_init(module):
 def build_model(args):
     """(nets, nets_ema) as Munch. G, F, E, D get He initialisation, then the EMA copies are taken (the reference
     copies before initialising; see README, Differences). With w_hpf > 0 both hold the same FAN (eval mode)."""
-    if not isinstance(args, dict):  # an argparse.Namespace works too
-        args = Munch(vars(args))
-    dim_in = args.get('base_dim') or None
-    max_conv_dim = args.get('max_conv_dim', 512)
-    generator = Generator(args.img_size, args.style_dim, max_conv_dim, w_hpf=args.w_hpf, dim_in=dim_in)
-    mapping_network = MappingNetwork(args.latent_dim, args.style_dim, args.num_domains,
-                                     hidden_dim=args.get('hidden_dim', 512))
-    style_encoder = StyleEncoder(args.img_size, args.style_dim, args.num_domains, max_conv_dim, dim_in=dim_in)
-    discriminator = Discriminator(args.img_size, args.num_domains, max_conv_dim, dim_in=dim_in)
+    from core.config import complete_args
+    args = complete_args(args)  # a public entry point: args may come from the reference's own parser
+    dim_in = args.base_dim or None
+    generator = Generator(args.img_size, args.style_dim, args.max_conv_dim, w_hpf=args.w_hpf, dim_in=dim_in)
+    mapping_network = MappingNetwork(args.latent_dim, args.style_dim, args.num_domains, hidden_dim=args.hidden_dim)
+    style_encoder = StyleEncoder(args.img_size, args.style_dim, args.num_domains, args.max_conv_dim, dim_in=dim_in)
+    discriminator = Discriminator(args.img_size, args.num_domains, args.max_conv_dim, dim_in=dim_in)
     nets = Munch(generator=generator, mapping_network=mapping_network,
                  style_encoder=style_encoder, discriminator=discriminator)
     for net in nets.values():
@@ -287,7 +285,7 @@ def build_model(args):
                      style_encoder=copy.deepcopy(style_encoder))
     if args.w_hpf > 0:
         from core.wing import FAN
-        fan = FAN(fname_pretrained=args.get('wing_path')).eval()
+        fan = FAN(fname_pretrained=args.wing_path).eval()
         fan.requires_grad_(False)
         nets.fan = fan
         nets_ema.fan = fan

@@ -9,6 +9,8 @@ import os
 import torch
 import torchvision.utils as vutils
 
+from core.wing import get_masks
+
 
 def denormalize(x):
     return ((x + 1) / 2).clamp_(0, 1)
@@ -23,10 +25,6 @@ def save_image(x, ncol, filename):
 def save_json(json_file, filename):
     with open(filename, 'w') as f:
         json.dump(json_file, f, indent=4, sort_keys=False)
-
-
-def get_masks(nets, args, x):
-    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
 
 
 @torch.no_grad()
@@ -78,22 +76,34 @@ def translate_using_reference(nets, args, x_src, x_ref, y_ref, filename):
     save_image(torch.cat(x_concat, dim=0), N + 1, filename)
 
 
+PSIS = (0.5, 0.7, 1.0)  # the truncations of the latent grids
+
+
+def latent_grid_inputs(args, N, device):
+    """The target domains (the first <= 5) and latent codes of the latent grids: num_outs_per_domain codes, each
+    shared by the N sources, drawn on the CPU from --seed, so that every step and every device shows the same codes."""
+    g = torch.Generator().manual_seed(args.seed)
+    y_trg_list = [torch.full((N,), y, dtype=torch.long, device=device) for y in range(min(args.num_domains, 5))]
+    z_trg_list = torch.randn(args.num_outs_per_domain, 1, args.latent_dim, generator=g).repeat(1, N, 1).to(device)
+    return y_trg_list, z_trg_list
+
+
+def average_style_generator(args):
+    """The generator of the 10,000 codes behind the truncation centre (a stream of its own, from --seed)."""
+    return torch.Generator().manual_seed(args.seed + 1)
+
+
 @torch.no_grad()
 def debug_image(nets, args, inputs, step):
     x_src, y_src, x_ref, y_ref = inputs.x_src, inputs.y_src, inputs.x_ref, inputs.y_ref
-    device, N = x_src.device, x_src.size(0)
-    # the same latent codes at every step (and on every device): drawn on the CPU from a seeded generator
-    g = torch.Generator().manual_seed(args.seed)
-
     filename = os.path.join(args.sample_dir, '%06d_cycle_consistency.jpg' % step)
     translate_and_reconstruct(nets, args, x_src, y_src, x_ref, y_ref, filename)
 
-    y_trg_list = [torch.full((N,), y, dtype=torch.long, device=device) for y in range(min(args.num_domains, 5))]
-    z_trg_list = torch.randn(args.num_outs_per_domain, 1, args.latent_dim, generator=g).repeat(1, N, 1).to(device)
-    for psi in [0.5, 0.7, 1.0]:
+    y_trg_list, z_trg_list = latent_grid_inputs(args, x_src.size(0), x_src.device)
+    for psi in PSIS:
         filename = os.path.join(args.sample_dir, '%06d_latent_psi_%.1f.jpg' % (step, psi))
         translate_using_latent(nets, args, x_src, y_trg_list, z_trg_list, psi, filename,
-                               generator=torch.Generator().manual_seed(args.seed + 1))
+                               generator=average_style_generator(args))
 
     filename = os.path.join(args.sample_dir, '%06d_reference.jpg' % step)
     translate_using_reference(nets, args, x_src, x_ref, y_ref, filename)

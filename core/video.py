@@ -23,6 +23,10 @@ import tempfile
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from core.utils import average_style
+from core.wing import get_masks
 
 FPS = 30
 SLIDE_MARGIN = 32  # width of the blank strip right of the sliding reference panel (the reference's, at any size)
@@ -57,10 +61,6 @@ def sigmoid(x, w=1):
 def get_alphas(start=-5, end=5, step=0.5, len_tail=LEN_TAIL):
     """Interpolation weights: 0, a sigmoid ramp, then len_tail 1s (31 values with the defaults)."""
     return [0] + [float(sigmoid(a)) for a in np.arange(start, end, step)] + [1] * len_tail
-
-
-def _masks(nets, args, x):
-    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
 
 
 @torch.no_grad()
@@ -110,7 +110,7 @@ def ref_frames(nets, args, x_src, x_ref, y_ref):
     if not pairs:
         raise ValueError('video_ref needs two consecutive reference images of the same domain '
                          f'(got domains {[int(v) for v in y_ref]})')
-    masks = _masks(nets, args, x_src)
+    masks = get_masks(nets, args, x_src)
     s_ref = nets.style_encoder(x_ref, y_ref)
     last = None
     for i, j in pairs:
@@ -131,13 +131,11 @@ def latent_frames(nets, args, x_src, y_list, z_list, psi, generator=None):
         raise ValueError(f'video_latent needs at least two latent codes per domain (got {len(z_list)})')
     device = x_src.device
     latent_dim = z_list[0].size(1)
-    masks = _masks(nets, args, x_src)
+    masks = get_masks(nets, args, x_src)
     last = None
     for y_trg in y_list:
         y_trg = y_trg.to(device)
-        z_many = torch.randn(10000, latent_dim, generator=generator).to(device)
-        y_many = torch.full((10000,), int(y_trg[0]), dtype=torch.long, device=device)
-        s_avg = nets.mapping_network(z_many, y_many).mean(dim=0, keepdim=True).repeat(x_src.size(0), 1)
+        s_avg = average_style(nets, y_trg[0], latent_dim, generator=generator).repeat(x_src.size(0), 1)
         s_list = [torch.lerp(s_avg, nets.mapping_network(z.to(device), y_trg), psi) for z in z_list]
         for s_prev, s_next in zip(s_list[:-1], s_list[1:]):  # styles of different domains are not interpolated
             segment = tensor2ndarray255(interpolate(nets, args, x_src, s_prev, s_next, masks))
@@ -147,23 +145,29 @@ def latent_frames(nets, args, x_src, y_list, z_list, psi, generator=None):
         yield last
 
 
-def video_ref(nets, args, x_src, x_ref, y_ref, fname):
+def _with_progress(frames, total, fname, progress):
+    return tqdm(frames, total=total, desc=os.path.basename(fname), unit='frame') if progress else frames
+
+
+def video_ref(nets, args, x_src, x_ref, y_ref, fname, progress=False):
     """Reference-guided interpolation video: for consecutive references of the same domain, the style slides from
     one to the next. x_src (B, 3, H, W), x_ref (R, 3, H, W), y_ref (R,). Writes fname (mp4); returns the number of
-    frames fed to ffmpeg."""
+    frames fed to ffmpeg. progress: a tqdm bar over the frames."""
     ffmpeg_exe = find_ffmpeg()  # fail before the work
     frames = ref_frames(nets, args, x_src, x_ref, y_ref)
-    return save_video(fname, frames, ffmpeg_exe=ffmpeg_exe)
+    total = len(get_alphas()) * len(_pairs_of_same_domain(y_ref)) + LEN_TAIL
+    return save_video(fname, _with_progress(frames, total, fname, progress), ffmpeg_exe=ffmpeg_exe)
 
 
-def video_latent(nets, args, x_src, y_list, z_list, psi, fname, generator=None):
+def video_latent(nets, args, x_src, y_list, z_list, psi, fname, generator=None, progress=False):
     """Latent-guided interpolation video: per target domain y in y_list (each (B,) filled with one domain), the
     psi-truncated styles s = lerp(s_avg, F(z, y), psi) of the codes in z_list (each (B, latent_dim)) are visited in
     order. s_avg = mean of F over 10,000 random z (drawn with `generator`, a CPU torch.Generator, else the global
     RNG). Frames as video_ref's without the reference panel. Returns the number of frames fed to ffmpeg."""
     ffmpeg_exe = find_ffmpeg()
     frames = latent_frames(nets, args, x_src, y_list, z_list, psi, generator=generator)
-    return save_video(fname, frames, ffmpeg_exe=ffmpeg_exe)
+    total = len(get_alphas()) * (len(z_list) - 1) * len(y_list) + LEN_TAIL
+    return save_video(fname, _with_progress(frames, total, fname, progress), ffmpeg_exe=ffmpeg_exe)
 
 
 def save_video(fname, frames, fps=FPS, vcodec='libx264', ffmpeg_exe=None):

@@ -3,16 +3,26 @@
     fan = FAN(fname_pretrained='expr/checkpoints/wing.ckpt').to(device).eval()
     masks = fan.get_heatmap(x)      # x in [-1, 1] -> (mask_32, mask_64_128), each (N, 1, 256, 256) in [0, 1]
     landmarks = fan.get_landmark(x) # (N, 98, 2) in x's pixel coordinates (x, y)
+    masks = get_masks(nets, args, x)  # the generator's masks: the FAN's when args.w_hpf > 0, else None
 
-Face alignment (`--mode align`) lives in core/align.py; `align_faces` is re-exported here for the reference's import path.
+    aligner = FaceAligner('expr/checkpoints/wing.ckpt', 'expr/checkpoints/celeba_lm_mean.npz', 256, device)
+    x_aligned = aligner.align(x)    # (N, 3, H, W) in [-1, 1] -> (N, 3, 256, 256) in [-1, 1]
+    align_faces(args, input_dir, output_dir, device)   # --mode align: every image of a folder
+
+Face alignment = these landmarks + the geometry of core/align.py (which needs no network: the imports run one way).
 """
 import os
 from collections import namedtuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from munch import Munch
+from PIL import Image
+
+from core.align import DOWNLOAD_HINT, FaceGeometry, list_images
+from core.distributed import resolve_device
 
 
 class AddCoords(nn.Module):
@@ -276,6 +286,69 @@ def get_preds_fromhm(hm):
     return preds - 0.5
 
 
-def align_faces(args, input_dir, output_dir, **kwargs):
-    from core.align import align_faces as _align_faces
-    return _align_faces(args, input_dir, output_dir, **kwargs)
+def get_masks(nets, args, x):
+    """The masks of the high-pass skips for images x: the FAN's heatmaps when args.w_hpf > 0, else None (no skips)."""
+    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# face alignment: the FAN's landmarks + core/align.py's geometry
+
+class FaceAligner(FaceGeometry):
+    def __init__(self, fname_wing, fname_celeba_mean, output_size, device):
+        if not os.path.isfile(fname_wing):
+            raise FileNotFoundError(f'FAN weights not found: {fname_wing}. {DOWNLOAD_HINT}, or pass --wing_path.')
+        super().__init__(fname_celeba_mean, output_size)
+        self.device = torch.device(device)
+        self.fan = FAN(fname_pretrained=fname_wing).to(self.device).eval()
+
+    @torch.no_grad()
+    def get_landmarks(self, x):
+        """x (N, 3, H, W) in [-1, 1] -> (N, 98, 2) float64 landmarks (x, y) in x's pixel units."""
+        return self.fan.get_landmark(x.to(self.device)).cpu().double().numpy()
+
+    def align(self, imgs):
+        """imgs (N, 3, H, W) in [-1, 1] -> (N, 3, output_size, output_size) in [-1, 1], on imgs' device."""
+        landmarks = self.get_landmarks(imgs)
+        out = []
+        for img, lm in zip(imgs, landmarks):
+            img_np = (img.detach().permute(1, 2, 0).cpu().double().numpy() * 0.5 + 0.5) * 255
+            aligned = self.align_image(img_np, lm)
+            out.append(torch.from_numpy(aligned).permute(2, 0, 1).float() / 255 * 2 - 1)
+        return torch.stack(out).clamp_(-1, 1).to(imgs.device)
+
+
+def align_faces(args, input_dir, output_dir, device=None):
+    """Aligns every image of input_dir (sorted) and saves it under the same name in output_dir.
+
+    Uses args.img_size (input resize and output size), args.wing_path and args.lm_path; device: the caller's (default:
+    --device). Returns the written paths.
+    """
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f'Input folder not found: {input_dir} (--inp_dir)')
+    fnames = list_images(input_dir)
+    if not fnames:
+        raise FileNotFoundError(f'No images (png/jpg/jpeg) in {input_dir} (--inp_dir)')
+    if device is None:
+        device = resolve_device(args.device)
+    aligner = FaceAligner(args.wing_path, args.lm_path, args.img_size, device)
+    os.makedirs(output_dir, exist_ok=True)
+
+    written = []
+    for fname in fnames:
+        image = Image.open(os.path.join(input_dir, fname)).convert('RGB')
+        # PIL bilinear resize, as torchvision's Resize on a PIL image in the reference
+        image = image.resize((args.img_size, args.img_size), Image.Resampling.BILINEAR)
+        img_np = np.asarray(image, dtype=np.float64)  # (H, W, 3) in [0, 255]
+        x = torch.from_numpy(img_np / 255 * 2 - 1).permute(2, 0, 1).unsqueeze(0).float()
+        landmarks = aligner.get_landmarks(x)[0]
+        try:
+            aligned = aligner.align_image(img_np, landmarks)
+        except ValueError as e:
+            raise ValueError(f'{os.path.join(input_dir, fname)}: {e}') from e
+        out = np.clip(np.floor(aligned + 0.5), 0, 255).astype(np.uint8)  # rounding, as torchvision's save_image
+        path = os.path.join(output_dir, fname)
+        Image.fromarray(out).save(path)
+        written.append(path)
+        print(f'Saved the aligned image to {path}')
+    return written

@@ -2,6 +2,8 @@
 
     calculate_metrics(nets_ema, args, step, mode='latent')      # then mode='reference'
     # -> eval_dir/LPIPS_{step:05d}_{mode}.json, eval_dir/FID_{step:05d}_{mode}.json, eval_dir/{src}2{trg}/*.png
+    evaluate(nets_ema, args, step)                              # both modes, on rank 0 (--mode eval, eval_every)
+    for i, x_src, x_fakes in task_outputs(nets_ema, args, mode, trg_idx, src_idx, styles): ...   # one task's images
 
 For every ordered pair of different domains (task `{src}2{trg}`) each validation image of src gets
 num_outs_per_domain translations with trg styles (latent: a new z per output; reference: the next batch of trg
@@ -32,7 +34,10 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core import utils
-from core.data_loader import DataError, get_eval_loader
+from core.config import complete_args
+from core.data_loader import DataError, get_eval_loader, seeded_generator
+from core.distributed import barrier, is_main_process
+from core.wing import get_masks
 from metrics.fid import (feature_statistics, folder_statistics, frechet_distance, inception_inputs, load_inception,
                          to_uint8)
 from metrics.lpips import calculate_lpips_given_images
@@ -41,17 +46,10 @@ from metrics.weights import ALEXNET, INCEPTION, resolve_weights
 MODES = ('latent', 'reference')
 
 
-def _generator(*keys):
-    """A CPU generator seeded by a tuple of non-negative integers."""
-    g = torch.Generator()
-    g.manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] & (2 ** 63 - 1)))
-    return g
-
-
-def _val_loader(root, args, generator, drop_last=False):
+def val_loader(root, args, generator, drop_last=False):
     """get_eval_loader(imagenet_normalize=False) as the reference calls it (shuffled), shuffled by `generator`."""
     loader = get_eval_loader(root, args.img_size, args.val_batch_size, imagenet_normalize=False, shuffle=True,
-                             num_workers=getattr(args, 'num_workers', 4), drop_last=drop_last)
+                             num_workers=args.num_workers, drop_last=drop_last)
     return data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, generator=generator,
                            num_workers=loader.num_workers, drop_last=drop_last)
 
@@ -121,41 +119,56 @@ def domains_of(val_img_dir):
     return domains
 
 
+def source_loader(args, mode, trg_idx, src_idx):
+    """The shuffled validation images of task src_idx -> trg_idx (a stream seeded by --seed, the mode and the task)."""
+    src = domains_of(args.val_img_dir)[src_idx]
+    return val_loader(os.path.join(args.val_img_dir, src), args,
+                      seeded_generator(args.seed, MODES.index(mode), 0, trg_idx, src_idx))
+
+
 @torch.no_grad()
-def translate_task(nets, args, loader_src, trg_idx, styles, inception, resize_pool, writer=None, path_fake=None,
-                   desc=None):
-    """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
-    styles(N, y_trg) -> (N, style_dim) gives the next style batch; with a PngWriter, PNGs go to path_fake."""
+def task_outputs(nets, args, mode, trg_idx, src_idx, styles):
+    """The images of one task, as the reference makes them: for each batch i of source images, the list of its
+    num_outs_per_domain translations, each with a new style from styles(N, y_trg). Yields (i, x_src, x_fakes)."""
     device = next(nets.generator.parameters()).device
-    lpips_values, feats = [], []
-    for i, x_src in enumerate(tqdm(loader_src, total=len(loader_src), desc=desc)):
+    loader = source_loader(args, mode, trg_idx, src_idx)
+    for i, x_src in enumerate(tqdm(loader, total=len(loader), desc='%s2%s' % tuple(
+            domains_of(args.val_img_dir)[k] for k in (src_idx, trg_idx)))):
         N = x_src.size(0)
         x_src = x_src.to(device)
         y_trg = torch.full((N,), trg_idx, dtype=torch.long, device=device)
-        masks = nets.fan.get_heatmap(x_src) if args.w_hpf > 0 else None
-        group_of_images = []
-        for j in range(args.num_outs_per_domain):
-            x_fake = nets.generator(x_src, styles(N, y_trg), masks=masks)
-            group_of_images.append(x_fake)
+        masks = get_masks(nets, args, x_src)
+        yield i, x_src, [nets.generator(x_src, styles(N, y_trg), masks=masks)
+                         for _ in range(args.num_outs_per_domain)]
+
+
+def translate_task(nets, args, mode, trg_idx, src_idx, styles, inception, resize_pool, writer=None, path_fake=None):
+    """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
+    With a PngWriter, PNGs go to path_fake."""
+    device = next(nets.generator.parameters()).device
+    lpips_values, feats = [], []
+    for i, x_src, group_of_images in task_outputs(nets, args, mode, trg_idx, src_idx, styles):
+        N = x_src.size(0)
+        for j, x_fake in enumerate(group_of_images):
             pixels = to_uint8(x_fake)  # (N, H, W, 3) uint8: the PNGs' content
             if writer is not None:
                 writer.write(pixels.numpy(), [os.path.join(path_fake, '%.4i_%.2i.png' % (
                     i * args.val_batch_size + (k + 1), j + 1)) for k in range(N)])
             # features stay on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
             feats.append(inception(inception_inputs(pixels, args.img_size, device, resize_pool)))
-        lpips_values.append(calculate_lpips_given_images(group_of_images, getattr(args, 'lpips_alexnet_weights', None)))
+        lpips_values.append(calculate_lpips_given_images(group_of_images, args.lpips_alexnet_weights))
         if writer is not None:
             writer.wait(keep=4 * args.num_outs_per_domain)  # at most ~4 batches of images waiting to be written
     return lpips_values, torch.cat(feats).double().cpu().numpy()
 
 
-def _style_source(nets, args, mode, trg_idx, seed):
+def style_source(nets, args, mode, trg_idx):
     """styles(N, y_trg) -> (N, style_dim): a new z per call (latent), or the next batch of trg val images
     (reference; one stream per target domain, continued across its source domains, as the reference does)."""
     device = next(nets.generator.parameters()).device
     mode_id = MODES.index(mode)
     if mode == 'latent':
-        g_z = _generator(seed, mode_id, 1, trg_idx)
+        g_z = seeded_generator(args.seed, mode_id, 1, trg_idx)
 
         def styles(N, y_trg):
             z_trg = torch.randn(N, args.latent_dim, generator=g_z).to(device)
@@ -163,8 +176,8 @@ def _style_source(nets, args, mode, trg_idx, seed):
         return styles
 
     trg = domains_of(args.val_img_dir)[trg_idx]
-    loader_ref = _val_loader(os.path.join(args.val_img_dir, trg), args, _generator(seed, mode_id, 2, trg_idx),
-                             drop_last=True)
+    loader_ref = val_loader(os.path.join(args.val_img_dir, trg), args, seeded_generator(args.seed, mode_id, 2, trg_idx),
+                            drop_last=True)
     if len(loader_ref) == 0:
         raise DataError(f'reference mode: {args.val_img_dir}/{trg} has fewer images than --val_batch_size '
                         f'{args.val_batch_size} (its loader drops the last incomplete batch, as the reference\'s).')
@@ -178,20 +191,17 @@ def _style_source(nets, args, mode, trg_idx, seed):
 def _evaluate(nets, args, mode, domains, inception_path):
     """(LPIPS per task, FID per task) as OrderedDicts, tasks in the reference's order (target-major)."""
     device = next(nets.generator.parameters()).device
-    seed = getattr(args, 'seed', 777)
     inception = load_inception(device, inception_path)
-    num_workers = getattr(args, 'num_workers', 4)
     real_stats = {}
     for trg in domains:  # once per target domain (the reference: once per task), and cached across runs
         real_stats[trg] = folder_statistics(os.path.join(args.train_img_dir, trg), args.img_size, inception,
-                                            inception_path, getattr(args, 'fid_cache_dir', None),
-                                            args.val_batch_size, num_workers)
-    save_images = not getattr(args, 'no_save_eval_images', False)
+                                            inception_path, args.fid_cache_dir, args.val_batch_size, args.num_workers)
+    save_images = not args.no_save_eval_images
     lpips_dict, fake_stats = OrderedDict(), OrderedDict()
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as resize_pool, \
-            PngWriter(num_workers if save_images else 0) as writer:
+            PngWriter(args.num_workers if save_images else 0) as writer:
         for trg_idx, trg in enumerate(domains):
-            styles = _style_source(nets, args, mode, trg_idx, seed)
+            styles = style_source(nets, args, mode, trg_idx)
             for src_idx, src in enumerate(domains):
                 if src == trg:
                     continue
@@ -200,12 +210,9 @@ def _evaluate(nets, args, mode, domains, inception_path):
                 if save_images:
                     shutil.rmtree(path_fake, ignore_errors=True)
                     os.makedirs(path_fake)
-                loader_src = _val_loader(os.path.join(args.val_img_dir, src), args,
-                                         _generator(seed, MODES.index(mode), 0, trg_idx, src_idx))
                 print('Generating images and calculating LPIPS for %s...' % task)
-                lpips_values, feats = translate_task(nets, args, loader_src, trg_idx, styles, inception,
-                                                     resize_pool, writer if save_images else None, path_fake,
-                                                     desc=task)
+                lpips_values, feats = translate_task(nets, args, mode, trg_idx, src_idx, styles, inception,
+                                                     resize_pool, writer if save_images else None, path_fake)
                 lpips_dict['LPIPS_%s/%s' % (mode, task)] = float(np.array(lpips_values).mean())
                 fake_stats[task] = trg, feature_statistics(feats)
     print('Calculating FID for all tasks...')
@@ -221,9 +228,10 @@ def calculate_metrics(nets, args, step, mode, allow_tf32=False):
     Runs on the device of nets.generator; allow_tf32=True trades exactness for speed on recent GPUs."""
     print('Calculating evaluation metrics...')
     assert mode in MODES, mode
+    args = complete_args(args)  # a public entry point: the caller's args may come from the reference's parser
     # missing weights are an error before any work
-    inception_path = resolve_weights(INCEPTION, getattr(args, 'inception_weights', None))
-    resolve_weights(ALEXNET, getattr(args, 'lpips_alexnet_weights', None))
+    inception_path = resolve_weights(INCEPTION, args.inception_weights)
+    resolve_weights(ALEXNET, args.lpips_alexnet_weights)
     domains = domains_of(args.val_img_dir)
     print('Number of domains: %d' % len(domains))
     os.makedirs(args.eval_dir, exist_ok=True)
@@ -237,3 +245,11 @@ def calculate_metrics(nets, args, step, mode, allow_tf32=False):
         values['%s_%s/mean' % (name, mode)] = mean
         utils.save_json(values, os.path.join(args.eval_dir, '%s_%.5i_%s.json' % (name, step, mode)))
     return lpips_dict, fid_dict
+
+
+def evaluate(nets, args, step):
+    """Both modes on the main process (the others wait at the barrier): --mode eval and every eval_every steps."""
+    if is_main_process():
+        for mode in MODES:
+            calculate_metrics(nets, args, step, mode=mode)
+    barrier()

@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -22,13 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from scipy import linalg
-from torchvision import models, transforms
+from torchvision import models
 from tqdm import tqdm
 
-from core.data_loader import get_eval_loader, listdir
+from core.checkpoint import atomic_write
+from core.data_loader import eval_transform, get_eval_loader, listdir
+from core.distributed import resolve_device
 from metrics.weights import INCEPTION, file_signature, load_strict, resolve_weights
 
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CACHE_VERSION = 1  # bump when anything that changes the statistics changes
 
 
@@ -83,16 +83,6 @@ def feature_statistics(features):
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def eval_transform(img_size):
-    """The transform of get_eval_loader(imagenet_normalize=True), for images that are already PIL in memory."""
-    return transforms.Compose([
-        transforms.Resize([img_size, img_size]),
-        transforms.Resize([299, 299]),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
-
-
 def to_uint8(x):
     """The pixels of the PNG that core.utils.save_image writes for each image: (x + 1) / 2 clamped to [0, 1], then
     torchvision's save_image rounding. (N, 3, H, W) float in [-1, 1] -> (N, H, W, 3) uint8 on the CPU."""
@@ -131,18 +121,6 @@ def _cache_file(path, img_size, weights_path, cache_dir):
     return os.path.join(cache_dir, f'{name}_{img_size}px_{digest}.npz')
 
 
-def _save_npz_atomic(fname, **arrays):
-    os.makedirs(os.path.dirname(fname) or '.', exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(fname) or '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, fname)  # readers see the old file or the whole new one, never half of one
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def folder_statistics(path, img_size, inception, weights_path=None, cache_dir=None, batch_size=50, num_workers=4):
     """(mu, cov) of the Inception features of every image under path; with cache_dir, read from / written to a .npz
     named by an md5 of the file list (names, sizes, mtimes), img_size and the weights file (path, size, mtime)."""
@@ -158,7 +136,7 @@ def folder_statistics(path, img_size, inception, weights_path=None, cache_dir=No
                              num_workers=num_workers)
     mu, cov = feature_statistics(loader_features(inception, loader, desc=f'Inception {path}'))
     if fname is not None:
-        _save_npz_atomic(fname, mu=mu, cov=cov)
+        atomic_write(fname, lambda f: np.savez(f, mu=mu, cov=cov))  # readers never see half a file
     return mu, cov
 
 
@@ -186,7 +164,7 @@ def main(argv=None):
                         help='Inception-v3 weights file (default: torchvision cache under TORCH_HOME)')
     parser.add_argument('--fid_cache_dir', type=str, default=None, help='cache the statistics of the real folder here')
     args = parser.parse_args(argv)
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' else args.device
+    device = resolve_device(args.device)
     fid_value = calculate_fid_given_paths(args.paths, args.img_size, args.batch_size, device=device,
                                           weights=args.inception_weights, cache_dir=args.fid_cache_dir,
                                           num_workers=args.num_workers)

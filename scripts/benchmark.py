@@ -41,12 +41,8 @@ running timed loop short, saying so; the --json file is rewritten after every mo
 """
 import argparse
 import contextlib
-import datetime
-import gc
 import json
-import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -57,50 +53,32 @@ import traceback
 T_START = time.perf_counter()
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from munch import Munch  # noqa: E402
 
+from benchlib.flops import count_flops  # noqa: E402
+from benchlib.report import fmt, log, print_table, profile_table, stdout_view, write_json  # noqa: E402
+from benchlib.numerics import DEFINITIONS, compare_numerics, first_iteration, numerics_only  # noqa: E402
+from benchlib.timing import free_memory, sync, time_loop  # noqa: E402
+from benchlib.workload import (build_loaders, dynamo_stats, ensure_wing, env_info, make_images,  # noqa: E402
+                               model_config, new_solver, synthetic_inputs, tf32_flags)
 from core.config import parse_args  # noqa: E402
+from core.distributed import resolve_device  # noqa: E402
 
 MODES = {  # name -> the settings it changes (the rest are the command line's)
     # the reference's work: also the weight gradients of D (and E) in the G steps, which it throws away
     'reference_work': dict(compile=False, amp='none', skip_unused_grads=False),
-    'eager': dict(compile=False, amp='none'),  # this project's default
-    'compile': dict(compile=True, amp='none', compile_mode='default'),
-    'compile_cudagraphs': dict(compile=True, amp='none', compile_mode='reduce-overhead'),
-    'compile_autotune': dict(compile=True, amp='none', compile_mode='max-autotune-no-cudagraphs'),
-    'bf16': dict(compile=False, amp='bf16'),
-    'compile_bf16': dict(compile=True, amp='bf16', compile_mode='default'),
+    'eager': dict(compile=False, amp='none', skip_unused_grads=True),  # this project's default
+    'compile': dict(compile=True, amp='none', compile_mode='default', skip_unused_grads=True),
+    'compile_cudagraphs': dict(compile=True, amp='none', compile_mode='reduce-overhead', skip_unused_grads=True),
+    'compile_autotune': dict(compile=True, amp='none', compile_mode='max-autotune-no-cudagraphs',
+                             skip_unused_grads=True),
+    'bf16': dict(compile=False, amp='bf16', skip_unused_grads=True),
+    'compile_bf16': dict(compile=True, amp='bf16', compile_mode='default', skip_unused_grads=True),
 }
 ALIASES = {'amp': 'bf16', 'compile_amp': 'compile_bf16', 'fp32': 'eager', 'baseline': 'eager'}
-TRAINABLE = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
-DEFINITIONS = {
-    's_per_iter': 'mean seconds per iteration = wall time of the timed region / iterations (throughput)',
-    's_per_iter_median': 'median of the per-iteration times (CUDA events between iterations; perf_counter on CPU)',
-    'tflops': 'flops_per_iter / s_per_iter / 1e12 (the reference_work mode does more FLOPs: its own count, or none '
-              'with --flops_per_iter)',
-    'peak_mem_gib': 'torch.cuda.max_memory_allocated over the timed iterations (reset after warm-up)',
-    'param_max_rel_diff': 'after one iteration from the same weights and batch: max|p_mode - p_eager| / max|p_eager|, '
-                          'maxima over all parameter elements (of a network, or of G, F, E, D together)',
-    'param_max_abs_diff': 'max|p_mode - p_eager| over all parameter elements (one Adam step moves an element by about '
-                          'lr = 1e-4, so a flipped gradient sign shows as ~2e-4 per step)',
-    'weight_max_rel_diff': 'max over conv/linear weight tensors of max|p_mode - p_eager| / max|p_eager| (per tensor; '
-                           'zero-initialised biases are left out: after one step they are themselves O(lr))',
-    'param_rel_l2': '||p_mode - p_eager||_2 / ||p_eager||_2 over all parameters',
-    'update_rel_l2': '||p_mode - p_eager||_2 / ||p_eager - p_init||_2 over all parameters: difference of the '
-                     'one-iteration updates, relative to the update',
-    'grad_rel_l2': '||g_mode - g_eager||_2 / ||g_eager||_2 of the gradients left by the last backward (G reference '
-                   'step: G; E and D too in the reference_work mode, where they are not frozen)',
-    'loss_max_rel_diff': 'max over the 14 loss terms of |t_mode - t_eager| / max(|t_eager|, 1e-6)',
-    'loss_first_step_max_rel_diff': 'the same over D/latent_{real,fake,reg}, computed before any optimiser step: '
-                                    'forward (and R1 backward) numerics alone, from identical weights',
-    'numerics_note': 'Adam\'s first step moves each element by about lr * sign(grad) (beta1 = 0), so elements whose '
-                     'gradient is near zero can flip and update_rel_l2 is large even for rounding-level differences; '
-                     'compare each mode with the eager_repeat (nondeterminism) and eager_no_tf32 (TF32 rounding, '
-                     'CUDA) rows',
-}
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -179,303 +157,8 @@ def parse_all(argv):
 
 # ------------------------------------------------------------------------------------------------------ helpers
 
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
 def elapsed():
     return time.perf_counter() - T_START
-
-
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device):
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
-    try:
-        torch._dynamo.reset()
-    except Exception:
-        pass
-
-
-def tf32_flags():
-    out = {}
-    for key, fn in (('cuda_matmul_allow_tf32', lambda: torch.backends.cuda.matmul.allow_tf32),
-                    ('cudnn_allow_tf32', lambda: torch.backends.cudnn.allow_tf32),
-                    ('float32_matmul_precision', torch.get_float32_matmul_precision),
-                    ('cudnn_benchmark', lambda: torch.backends.cudnn.benchmark)):
-        try:
-            out[key] = fn()
-        except Exception as e:  # an API that moved
-            out[key] = f'unavailable: {e}'
-    return out
-
-
-def env_info(device):
-    info = dict(device=str(device), device_type=device.type, torch=torch.__version__, cuda=torch.version.cuda,
-                python=platform.python_version(), platform=platform.platform(), cpu_count=os.cpu_count(),
-                torch_num_threads=torch.get_num_threads(), numpy=np.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-    try:
-        info['cudnn'] = torch.backends.cudnn.version()
-    except Exception:
-        info['cudnn'] = None
-    if device.type == 'cuda':
-        props = torch.cuda.get_device_properties(device)
-        info.update(device_name=torch.cuda.get_device_name(device), capability='%d.%d' % (props.major, props.minor),
-                    device_mem_gib=round(props.total_memory / 2 ** 30, 2), multiprocessors=props.multi_processor_count)
-    else:
-        info['device_name'] = platform.processor() or platform.machine()
-    try:
-        import triton
-        info['triton'] = triton.__version__
-    except Exception:
-        info['triton'] = None
-    return info
-
-
-def model_config(args):
-    keys = ('preset', 'img_size', 'batch_size', 'num_domains', 'latent_dim', 'style_dim', 'hidden_dim', 'base_dim',
-            'max_conv_dim', 'w_hpf', 'lambda_reg', 'lambda_sty', 'lambda_ds', 'lambda_cyc', 'ds_iter', 'lr', 'f_lr',
-            'beta1', 'beta2', 'weight_decay', 'seed', 'compile', 'amp', 'num_workers', 'randcrop_prob', 'device',
-            'train_img_dir', 'wing_path')
-    return {k: args.get(k) for k in keys}
-
-
-def ensure_wing(args, workdir, notes):
-    """w_hpf > 0 needs FAN weights: without a file at --wing_path, random ones (same cost, meaningless masks)."""
-    if args.w_hpf <= 0:
-        return None
-    if os.path.isfile(args.wing_path):
-        return f'FAN weights from {args.wing_path}'
-    from core.wing import FAN
-    fname = os.path.join(workdir, 'wing_random.ckpt')
-    torch.manual_seed(args.seed)
-    torch.save({'state_dict': FAN().state_dict()}, fname)
-    msg = (f'--wing_path {args.wing_path} not found: using a randomly initialised FAN saved to {fname} '
-           f'(the same compute as the real wing.ckpt; the masks are meaningless)')
-    notes.append(msg)
-    log('note:', msg)
-    args.wing_path = fname
-    return msg
-
-
-def _one_image(fname, res, seed):
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    # a smooth random picture plus mild grain: compresses like a photo (~150 KB at 1024 px, quality 90), so that
-    # decoding costs what decoding a dataset image costs (pure noise would be ~3x bigger and slower)
-    base = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((res, res), Image.BICUBIC)
-    arr = np.asarray(base, dtype=np.float32) + rng.standard_normal((res, res, 3), dtype=np.float32) * 4
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(fname, 'JPEG', quality=90)
-    return os.path.getsize(fname)
-
-
-def make_images(root, num_domains, n, res, seed):
-    from concurrent.futures import ThreadPoolExecutor
-    jobs = []
-    for d in range(num_domains):
-        os.makedirs(os.path.join(root, f'domain{d}'), exist_ok=True)
-        for i in range(n):
-            jobs.append((os.path.join(root, f'domain{d}', f'{i:05d}.jpg'), res, seed * 100003 + d * 10007 + i))
-    t = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as ex:
-        sizes = list(ex.map(lambda j: _one_image(*j), jobs))
-    return dict(images_per_domain=n, num_domains=num_domains, image_res=res, seconds=round(time.perf_counter() - t, 2),
-                mean_kib=round(sum(sizes) / len(sizes) / 1024, 1), folder=root)
-
-
-def synthetic_inputs(args, device, seed):
-    g = torch.Generator().manual_seed(seed)
-    B, S, K = args.batch_size, args.img_size, args.num_domains
-    x = [torch.rand(B, 3, S, S, generator=g) * 2 - 1 for _ in range(3)]
-    inputs = Munch(x_src=x[0], y_src=torch.randint(0, K, (B,), generator=g), x_ref=x[1], x_ref2=x[2],
-                   y_ref=torch.randint(0, K, (B,), generator=g), z_trg=torch.randn(B, args.latent_dim, generator=g),
-                   z_trg2=torch.randn(B, args.latent_dim, generator=g))
-    return Munch({k: v.to(device) for k, v in inputs.items()})
-
-
-def build_loaders(args, device):
-    from core.data_loader import get_train_loader
-    common = dict(img_size=args.img_size, batch_size=args.batch_size, prob=args.randcrop_prob,
-                  num_workers=args.num_workers, seed=args.seed, start_step=0, num_domains=args.num_domains,
-                  skip_bad_images=args.skip_bad_images, pin_memory=device.type == 'cuda', latent_dim=args.latent_dim)
-    t = time.perf_counter()
-    src = get_train_loader(args.train_img_dir, which='source', **common)
-    ref = get_train_loader(args.train_img_dir, which='reference', **common)
-    return Munch(src=src, ref=ref, setup_s=round(time.perf_counter() - t, 2))
-
-
-def new_solver(args, device):
-    from core.solver import Solver
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    solver = Solver(args, device)
-    solver.skip_unused_grads = args.get('skip_unused_grads', True)
-    return solver
-
-
-def count_params(solver):
-    return {n: sum(p.numel() for p in getattr(solver, n).parameters()) for n in TRAINABLE}
-
-
-def dynamo_stats():
-    """How much torch.compile did: graphs, recompilations, graph breaks (reasons), compile time."""
-    try:
-        from torch._dynamo.utils import counters
-        out = dict(stats={k: int(v) for k, v in counters['stats'].items()},
-                   graph_breaks=sum(counters['graph_break'].values()),
-                   graph_break_reasons=[str(k)[:200] for k in list(counters['graph_break'])[:10]],
-                   recompiles=int(sum(counters['recompiles'].values())) if 'recompiles' in counters else None)
-        try:
-            from torch._dynamo.utils import compile_times
-            out['compile_times'] = str(compile_times(repr='str'))[-1500:]
-        except Exception:
-            pass
-        return out
-    except Exception as e:
-        return dict(error=f'{type(e).__name__}: {e}')
-
-
-class _NoModuleTracker:
-    parents = ('Global',)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-class _FlopCounterFallback:
-    """The same formulas (torch.utils.flop_counter.flop_registry) in a bare TorchDispatchMode: used only if the
-    FlopCounterMode route fails on another PyTorch version."""
-
-    def __new__(cls):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils.flop_counter import flop_registry
-
-        class Mode(TorchDispatchMode):
-            def __init__(self):
-                super().__init__()
-                self.counts = {}
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                out = func(*args, **kwargs)
-                packet = func._overloadpacket
-                if packet in flop_registry:
-                    n = flop_registry[packet](*args, **kwargs, out_val=out)
-                    self.counts[str(packet)] = self.counts.get(str(packet), 0) + int(n)
-                return out
-        return Mode()
-
-
-def count_flops(args, device, inputs):
-    """FLOPs of one eager iteration on the device (the count does not depend on compile or autocast), the count per
-    op, and the parameter counts."""
-    from torch.utils.flop_counter import FlopCounterMode
-    a = Munch(args, compile=False, amp='none')
-    errors = []
-    for route in ('FlopCounterMode', 'fallback'):
-        solver = new_solver(a, device)
-        try:
-            params = count_params(solver)
-            if route == 'FlopCounterMode':
-                counter = FlopCounterMode(display=False)
-                # its module tracker (backward hooks) breaks autograd.grad (R1: "A leaf node was passed to
-                # _will_engine_execute_node ..."): count every op under 'Global', without attributing it to modules
-                counter.mod_tracker = _NoModuleTracker()
-                with counter:
-                    solver.train_step(inputs, 0)
-                sync(device)
-                by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get('Global', {}).items()}
-            else:
-                mode = _FlopCounterFallback()
-                with mode:
-                    solver.train_step(inputs, 0)
-                sync(device)
-                by_op = mode.counts
-            return int(sum(by_op.values())), by_op, params
-        except Exception as e:
-            errors.append(f'{route}: {type(e).__name__}: {e}')
-            log(traceback.format_exc())
-        finally:
-            del solver
-            free_memory(device)
-    raise RuntimeError('; '.join(errors))
-
-
-def snapshot(solver):
-    """CPU fp32 copies of the parameters (and the gradients left by the last backward) of G, F, E, D."""
-    params, grads = {}, {}
-    for n in TRAINABLE:
-        for k, p in getattr(solver, n).named_parameters():
-            params[f'{n}.{k}'] = p.detach().float().cpu().clone()
-            if p.grad is not None:
-                grads[f'{n}.{k}'] = p.grad.detach().float().cpu().clone()
-    return params, grads
-
-
-def compare_numerics(base, other):
-    """base/other: dict(p0, p1, grads, terms). Returns the metrics of DEFINITIONS, overall and per network."""
-    out = dict(initial_weights_identical=all(torch.equal(base['p0'][k], other['p0'][k]) for k in base['p0']))
-    per_net = {}
-    for n in TRAINABLE + ('all',):
-        keys = [k for k in base['p1'] if n == 'all' or k.startswith(n + '.')]
-        m = dict(max_abs=0.0, max_p=0.0, w_rel=0.0, dd=0.0, pp=0.0, du=0.0, gd=0.0, gn=0.0)
-        for k in keys:
-            b, o, i = base['p1'][k], other['p1'][k], base['p0'][k]
-            d = o - b
-            dmax, bmax = float(d.abs().max()), float(b.abs().max())
-            m['max_abs'] = max(m['max_abs'], dmax)
-            m['max_p'] = max(m['max_p'], bmax)
-            if b.dim() >= 2:  # conv / linear weights (biases and norm affines start at 0 or 1: see DEFINITIONS)
-                m['w_rel'] = max(m['w_rel'], dmax / max(bmax, 1e-30))
-            m['dd'] += float(d.pow(2).sum())
-            m['pp'] += float(b.pow(2).sum())
-            m['du'] += float((b - i).pow(2).sum())
-            if k in base['grads'] and k in other['grads']:
-                m['gd'] += float((other['grads'][k] - base['grads'][k]).pow(2).sum())
-                m['gn'] += float(base['grads'][k].pow(2).sum())
-        rel = lambda a, b: math.sqrt(a) / math.sqrt(b) if b > 0 else None  # noqa: E731
-        per_net[n] = dict(param_max_rel_diff=m['max_abs'] / m['max_p'] if m['max_p'] > 0 else None,
-                          param_max_abs_diff=m['max_abs'], weight_max_rel_diff=m['w_rel'],
-                          param_rel_l2=rel(m['dd'], m['pp']), update_rel_l2=rel(m['dd'], m['du']),
-                          grad_rel_l2=rel(m['gd'], m['gn']))
-    out.update(per_net.pop('all'))
-    tb, to = base['terms'], other['terms']
-    out['loss_max_abs_diff'] = float((to - tb).abs().max())
-    rel = (to - tb).abs() / tb.abs().clamp_min(1e-6)
-    out['loss_max_rel_diff'] = float(rel.max())
-    out['loss_first_step_max_rel_diff'] = float(rel[:3].max())  # D/latent_*: before any optimiser step
-    out['loss_terms_finite'] = bool(torch.isfinite(to).all())
-    out['per_network'] = per_net
-    return out
-
-
-def _profile_table(prof, device, trace, mode_name, n_top=25):
-    on_dev = device.type == 'cuda'
-    key = 'self_device_time_total' if on_dev else 'self_cpu_time_total'
-    avgs = prof.key_averages()
-    log(avgs.table(sort_by=key, row_limit=n_top))
-    rows = sorted(avgs, key=lambda e: getattr(e, key, 0), reverse=True)[:n_top]
-    top = [dict(name=e.key, calls=e.count, self_device_ms=round(getattr(e, 'self_device_time_total', 0) / 1e3, 3),
-                self_cpu_ms=round(e.self_cpu_time_total / 1e3, 3)) for e in rows]
-    out = dict(sort_by=key, top_ops=top)
-    if trace:
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(trace)), exist_ok=True)
-            prof.export_chrome_trace(trace)
-            out['trace'] = trace
-            log(f'chrome trace of {mode_name}: {trace} ({os.path.getsize(trace) / 2 ** 20:.1f} MiB)')
-        except Exception as e:
-            out['trace_error'] = f'{type(e).__name__}: {e}'
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------ one mode
@@ -484,214 +167,88 @@ def run_mode(name, args, bargs, device, fixed_inputs, loaders, numerics, profile
     """Builds fresh networks (seeded), optionally runs the numerics iteration (fixed batch, initial weights), warms
     up, times. Returns a dict; raises on failure (the caller records the error)."""
     res = dict(mode=name, compile=bool(args.compile), amp=args.amp, status='running',
-               compile_mode=args.compile_mode if args.compile else None,
-               skip_unused_grads=args.get('skip_unused_grads', True))
+               compile_mode=args.compile_mode if args.compile else None, skip_unused_grads=args.skip_unused_grads)
     t_build = time.perf_counter()
-    solver = new_solver(args, device)
+    if args.compile:
+        try:
+            from torch._dynamo.utils import counters
+            counters.clear()  # dynamo_stats() then describes this mode only
+        except Exception:
+            pass
+    solver = new_solver(args, device, args.skip_unused_grads)
     try:
-        if args.compile:
-            try:
-                from torch._dynamo.utils import counters
-                counters.clear()  # dynamo_stats() then describes this mode only
-            except Exception:
-                pass
-            solver._compile()
         res['build_s'] = round(time.perf_counter() - t_build, 2)
         res['tf32'] = tf32_flags()
-
         if loaders is not None:
             from core.data_loader import InputFetcher
             fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', device)
             fetch = lambda: next(fetcher)  # noqa: E731
         else:
             fetch = lambda: fixed_inputs  # noqa: E731
+        step = [0]
 
-        step = 0
+        def one_iteration():
+            terms = solver.train_step(fetch(), step[0])
+            step[0] += 1
+            return terms
+
+        numerics_state = None
         if numerics:  # the first iteration: fixed batch, initial weights (compilation happens here too)
-            p0, _ = snapshot(solver)
-            sync(device)
             t = time.perf_counter()
-            terms = solver.train_step(fixed_inputs, 0)
-            sync(device)
+            numerics_state = first_iteration(solver, fixed_inputs)
             res['first_iter_s'] = round(time.perf_counter() - t, 3)
-            p1, grads = snapshot(solver)
-            numerics_state = dict(p0=p0, p1=p1, grads=grads, terms=terms.detach().float().cpu())
-            step = 1
-        else:
-            numerics_state = None
+            step[0] = 1
 
-        t = time.perf_counter()
-        n_warm = 0
-        for i in range(bargs.warmup):
-            solver.train_step(fetch(), step)
-            step += 1
-            n_warm += 1
-            if i == 0 and not numerics:
-                sync(device)
-                res['first_iter_s'] = round(time.perf_counter() - t, 3)
-            if elapsed() > bargs.time_budget_s:
-                res.setdefault('notes', []).append(f'warm-up cut to {n_warm} iterations by --time_budget_s')
-                break
-        sync(device)
+        over_budget = lambda: elapsed() > bargs.time_budget_s  # noqa: E731
+        warm = time_loop(one_iteration, bargs.warmup, device, min_iters=1, over_budget=over_budget)
+        if warm.n and not numerics:
+            res['first_iter_s'] = round(warm.per_iter_s[0], 3)
+        if warm.truncated:
+            res.setdefault('notes', []).append(f'warm-up cut to {warm.n} iterations by --time_budget_s')
         if args.compile:
             res['dynamo'] = dynamo_stats()
-        res['warmup_iters'] = n_warm
-        res['warmup_s'] = round(time.perf_counter() - t, 2)
+        res.update(warmup_iters=warm.n, warmup_s=round(warm.wall_s, 2))
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        # ---- the timed region
-        n_min = min(3, bargs.iters)
-        per_iter, truncated = [], False
-        if device.type == 'cuda':
-            events = [torch.cuda.Event(enable_timing=True) for _ in range(bargs.iters + 1)]
-            sync(device)
-            t0 = time.perf_counter()
-            events[0].record()
-            n = 0
-            for i in range(bargs.iters):
-                terms = solver.train_step(fetch(), step)
-                step += 1
-                events[i + 1].record()
-                n = i + 1
-                if n >= n_min and elapsed() > bargs.time_budget_s:
-                    truncated = n < bargs.iters
-                    break
-            sync(device)
-            wall = time.perf_counter() - t0
-            per_iter = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(n)]
-        else:
-            t0 = time.perf_counter()
-            n = 0
-            for i in range(bargs.iters):
-                ti = time.perf_counter()
-                terms = solver.train_step(fetch(), step)
-                step += 1
-                per_iter.append(time.perf_counter() - ti)
-                n = i + 1
-                if n >= n_min and elapsed() > bargs.time_budget_s:
-                    truncated = n < bargs.iters
-                    break
-            wall = time.perf_counter() - t0
-        mean = wall / n
-        res.update(status='ok', iters_timed=n, truncated_by_budget=truncated, wall_s=round(wall, 3),
+        timed = time_loop(one_iteration, bargs.iters, device, min_iters=3, over_budget=over_budget)
+        n, per_iter, mean = timed.n, timed.per_iter_s, timed.wall_s / timed.n
+        res.update(status='ok', iters_timed=n, truncated_by_budget=timed.truncated, wall_s=round(timed.wall_s, 3),
                    s_per_iter=mean, s_per_iter_mean=mean, s_per_iter_median=statistics.median(per_iter),
                    s_per_iter_min=min(per_iter), s_per_iter_max=max(per_iter), it_per_s=1.0 / mean,
                    est_hours_per_100k_iters=round(mean * 1e5 / 3600, 2),
-                   loss_terms_finite=bool(torch.isfinite(terms).all()), per_iter_s=[round(x, 6) for x in per_iter])
-        if truncated:
+                   loss_terms_finite=bool(torch.isfinite(timed.last).all()), per_iter_s=[round(x, 6) for x in per_iter])
+        if timed.truncated:
             res.setdefault('notes', []).append(f'timed loop stopped after {n} of {bargs.iters} iterations by '
                                                f'--time_budget_s {bargs.time_budget_s}')
+        res['peak_mem_gib'] = None
         if device.type == 'cuda':
             res['peak_mem_gib'] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
             res['peak_reserved_gib'] = round(torch.cuda.max_memory_reserved(device) / 2 ** 30, 3)
-        else:
-            res['peak_mem_gib'] = None
-
         if bargs.profile:
-            if elapsed() > bargs.time_budget_s:
-                res['profile'] = dict(skipped='time budget spent')
-            else:
-                try:
-                    from torch.profiler import ProfilerActivity, profile
-                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-                    sync(device)
-                    with profile(activities=acts) as prof:
-                        for _ in range(bargs.profile_iters):
-                            solver.train_step(fetch(), step)
-                            step += 1
-                        sync(device)
-                    res['profile'] = dict(iters=bargs.profile_iters,
-                                          **_profile_table(prof, device, profile_trace, name))
-                    del prof
-                except Exception as e:
-                    res['profile'] = dict(error=f'{type(e).__name__}: {e}')
-                    log(traceback.format_exc())
+            res['profile'] = profile_iterations(one_iteration, bargs, device, profile_trace, name)
         return res, numerics_state
     finally:
-        del solver
+        solver = None  # noqa: F841 (freed before the next mode builds its own)
         free_memory(device)
 
 
-def numerics_only(name, args, device, fixed_inputs, cudnn_tf32=None):
-    """One iteration on the fixed batch from the initial weights; returns the numerics state."""
-    old = torch.backends.cudnn.allow_tf32
-    if cudnn_tf32 is not None:
-        torch.backends.cudnn.allow_tf32 = cudnn_tf32
-    solver = new_solver(args, device)
+def profile_iterations(one_iteration, bargs, device, trace, name):
+    """torch.profiler over --profile_iters iterations: the top ops, and a chrome trace if asked."""
+    if elapsed() > bargs.time_budget_s:
+        return dict(skipped='time budget spent')
     try:
-        p0, _ = snapshot(solver)
-        terms = solver.train_step(fixed_inputs, 0)
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
         sync(device)
-        p1, grads = snapshot(solver)
-        return dict(p0=p0, p1=p1, grads=grads, terms=terms.detach().float().cpu())
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
-        del solver
-        free_memory(device)
-
-
-# ------------------------------------------------------------------------------------------------------ report
-
-def fmt(v, spec):
-    return 'n/a' if v is None else format(v, spec)
-
-
-def print_table(report):
-    rows = report['results']
-    base = next((r for r in rows if r['mode'] == 'eager' and r['status'] == 'ok'), None)
-    num = report.get('numerics') or {}
-    log('')
-    c = report['config']
-    log(f"StarGAN v2 train_step, {report['env'].get('device_name')} ({report['env']['device']}), preset {c['preset']}, "
-        f"img {c['img_size']}, batch {c['batch_size']}, w_hpf {c['w_hpf']}, loader {report['flags']['loader']}; "
-        f"FLOPs/iter {fmt(report.get('flops_per_iter'), '.4g')}")
-    hdr = (f"{'mode':<14}{'s/it med':>10}{'s/it mean':>10}{'it/s':>8}{'TFLOP/s':>9}{'peak GiB':>9}{'speedup':>8}"
-           f"{'1st it s':>9}{'weight rel':>11}{'update rel':>11}{'grad rel':>10}{'loss rel':>10}{'loss1 rel':>10}")
-    log(hdr)
-    for r in rows:
-        nm = num.get(r['mode'], {})
-        if r['status'] != 'ok':
-            log(f"{r['mode']:<14}{r['status']}: {r.get('error', r.get('reason', ''))[:150]}")
-            continue
-        sp = base['s_per_iter'] / r['s_per_iter'] if base else None
-        log(f"{r['mode']:<14}{r['s_per_iter_median']:>10.4f}{r['s_per_iter']:>10.4f}{r['it_per_s']:>8.2f}"
-            f"{fmt(r.get('tflops'), '.2f'):>9}{fmt(r.get('peak_mem_gib'), '.2f'):>9}{fmt(sp, '.2f'):>8}"
-            f"{fmt(r.get('first_iter_s'), '.1f'):>9}{fmt(nm.get('weight_max_rel_diff'), '.2e'):>11}"
-            f"{fmt(nm.get('update_rel_l2'), '.2e'):>11}{fmt(nm.get('grad_rel_l2'), '.2e'):>10}"
-            f"{fmt(nm.get('loss_max_rel_diff'), '.2e'):>10}{fmt(nm.get('loss_first_step_max_rel_diff'), '.2e'):>10}")
-    for k in ('eager_repeat', 'eager_no_tf32'):
-        if k in num and 'error' not in num[k]:
-            nm = num[k]
-            log(f"{k:<14}{'(numerics reference: one iteration only)':>63}"
-                f"{fmt(nm.get('weight_max_rel_diff'), '.2e'):>11}{fmt(nm.get('update_rel_l2'), '.2e'):>11}"
-                f"{fmt(nm.get('grad_rel_l2'), '.2e'):>10}{fmt(nm.get('loss_max_rel_diff'), '.2e'):>10}"
-                f"{fmt(nm.get('loss_first_step_max_rel_diff'), '.2e'):>10}")
-    if num:
-        log('numerics: one iteration from the same weights and batch vs eager; weight rel = max|dW|/max|W| per '
-            'conv/linear weight; update/grad rel = relative L2; loss1 = the D/latent terms, before any optimiser step')
-    log('')
-
-
-def write_json(report, path, complete):
-    report['complete'] = complete
-    report['elapsed_s'] = round(elapsed(), 1)
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(report, f, indent=1, default=str)
-        os.replace(tmp, path)
-
-
-def stdout_view(report):
-    """The printed JSON: the per-iteration lists stay in the --json file only."""
-    def strip(r):
-        return {k: v for k, v in r.items() if k != 'per_iter_s'}
-    out = dict(report)
-    out['results'] = [strip(r) for r in report['results']]
-    out.pop('per_iter_s', None)
-    return out
+        with profile(activities=acts) as prof:
+            for _ in range(bargs.profile_iters):
+                one_iteration()
+            sync(device)
+        return dict(iters=bargs.profile_iters, **profile_table(prof, device, trace, name))
+    except Exception as e:
+        log(traceback.format_exc())
+        return dict(error=f'{type(e).__name__}: {e}')
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -714,7 +271,6 @@ def main(argv=None, redirect_stdout=True, start_time=None):
     else:
         json_out = sys.stdout
 
-    from core.solver import resolve_device
     device = resolve_device(args.device)
     if device.type == 'cuda':
         if device.index is None:  # torch.cuda.set_device needs an index
@@ -768,7 +324,8 @@ def main(argv=None, redirect_stdout=True, start_time=None):
         if bargs.compare:
             modes = [(m, Munch(args, **MODES[m])) for m in bargs.modes]
         else:
-            label = next((k for k, v in MODES.items() if all(args.get(f, True) == x for f, x in v.items())), 'custom')
+            args.skip_unused_grads = True
+            label = next((k for k, v in MODES.items() if all(args[f] == x for f, x in v.items())), 'custom')
             modes = [(label, args)]
         numerics = bargs.compare and not bargs.no_numerics
         states, report['numerics'] = {}, ({} if numerics else None)
@@ -779,7 +336,7 @@ def main(argv=None, redirect_stdout=True, start_time=None):
 
         if numerics and 'eager' not in bargs.modes:  # a baseline is needed
             try:
-                states['eager'] = numerics_only('eager', Munch(args, compile=False, amp='none'), device, fixed_inputs)
+                states['eager'] = numerics_only(Munch(args, compile=False, amp='none'), device, fixed_inputs)
             except Exception as e:
                 report['numerics']['error'] = f'eager baseline: {type(e).__name__}: {e}'
 
@@ -804,11 +361,11 @@ def main(argv=None, redirect_stdout=True, start_time=None):
             try:
                 res, state = run_mode(name, margs, bargs, device, fixed_inputs, loaders, numerics, trace)
                 flops = report.get('flops_per_iter')
-                if not margs.get('skip_unused_grads', True):  # more work than the default: its own count
+                if not margs.skip_unused_grads:  # more work than the default: its own count
                     flops = report.get('flops_per_iter_reference_work')
                     if flops is None and not bargs.flops_per_iter:
                         try:
-                            flops = count_flops(margs, device, fixed_inputs)[0]
+                            flops = count_flops(margs, device, fixed_inputs, skip_unused_grads=False)[0]
                             report['flops_per_iter_reference_work'] = flops
                         except Exception as e:  # the timing stands without it
                             res.setdefault('notes', []).append(f'FLOP count failed: {type(e).__name__}: {e}')
@@ -825,7 +382,7 @@ def main(argv=None, redirect_stdout=True, start_time=None):
                             if ref_name == 'eager_no_tf32' and device.type != 'cuda':
                                 continue
                             try:
-                                st = numerics_only(ref_name, margs, device, fixed_inputs, **kw)
+                                st = numerics_only(margs, device, fixed_inputs, **kw)
                                 report['numerics'][ref_name] = compare_numerics(states['eager'], st)
                                 del st
                             except Exception as e:
@@ -842,7 +399,7 @@ def main(argv=None, redirect_stdout=True, start_time=None):
                 log(res['traceback'])
                 free_memory(device)
             report['results'].append(res)
-            write_json(report, bargs.json, complete=False)
+            write_json(report, bargs.json, complete=False, elapsed_s=elapsed())
 
         if not bargs.compare and report['results']:
             r = report['results'][0]
@@ -865,7 +422,7 @@ def main(argv=None, redirect_stdout=True, start_time=None):
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report['tf32_at_end'] = tf32_flags()
-    write_json(report, bargs.json, complete=True)
+    write_json(report, bargs.json, complete=True, elapsed_s=elapsed())
     json_out.write(json.dumps(stdout_view(report), default=str) + '\n')
     json_out.flush()
     return exit_code

@@ -33,6 +33,8 @@ import metrics.eval as E
 import metrics.fid as fid
 import metrics.lpips as lp
 from core import utils
+from core.config import complete_args
+from core.distributed import resolve_device
 from core.model import build_model
 from metrics.weights import ALEXNET, INCEPTION
 
@@ -167,7 +169,7 @@ def run_reference_like(nets, args, timer):
         for mode in args.modes:
             fid_jobs = []
             for trg_idx, trg in enumerate(domains):
-                styles = E._style_source(nets, args, mode, trg_idx, args.seed)
+                styles = E.style_source(nets, args, mode, trg_idx)
                 for src_idx, src in enumerate(domains):
                     if src == trg:
                         continue
@@ -175,21 +177,17 @@ def run_reference_like(nets, args, timer):
                     path_fake = os.path.join(args.eval_dir, task)
                     shutil.rmtree(path_fake, ignore_errors=True)
                     os.makedirs(path_fake)
-                    loader = E._val_loader(os.path.join(args.val_img_dir, src), args,
-                                           E._generator(args.seed, E.MODES.index(mode), 0, trg_idx, src_idx))
                     values = []
-                    for i, x_src in enumerate(loader):
+                    outputs = E.task_outputs(nets, args, mode, trg_idx, src_idx, styles)
+                    while True:
                         timer.sync()
                         t = time.perf_counter()
-                        N = x_src.size(0)
-                        x_src = x_src.to(device)
-                        y_trg = torch.full((N,), trg_idx, dtype=torch.long, device=device)
-                        masks = nets.fan.get_heatmap(x_src) if args.w_hpf > 0 else None
-                        group = []
-                        for j in range(args.num_outs_per_domain):
-                            x_fake = nets.generator(x_src, styles(N, y_trg), masks=masks)
-                            group.append(x_fake)
-                            for k in range(N):
+                        try:
+                            i, x_src, group = next(outputs)
+                        except StopIteration:
+                            break
+                        for j, x_fake in enumerate(group):
+                            for k in range(x_src.size(0)):
                                 fname = os.path.join(path_fake, '%.4i_%.2i.png' % (i * args.val_batch_size + k + 1,
                                                                                    j + 1))
                                 utils.save_image(x_fake[k], ncol=1, filename=fname)
@@ -238,7 +236,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     opt = parse_args(argv)
-    device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if opt.device == 'auto' else opt.device)
+    device = resolve_device(opt.device)
     work = opt.workdir or tempfile.mkdtemp(prefix='bench_eval_')
     old_home = os.environ.get('TORCH_HOME')
     try:
@@ -249,14 +247,15 @@ def main(argv=None):
         make_dataset(os.path.join(work, 'data'), domains, opt.n_train, opt.n_val, opt.train_res, opt.img_size,
                      workers=min(16, os.cpu_count() or 1))
         setup_s = time.perf_counter() - t
-        args = Munch(img_size=opt.img_size, num_domains=opt.domains, latent_dim=16, hidden_dim=512, style_dim=64,
-                     w_hpf=opt.w_hpf, base_dim=opt.base_dim, max_conv_dim=opt.max_conv_dim, wing_path=None,
-                     val_batch_size=min(opt.val_batch_size, opt.n_val),  # reference mode needs a full batch
-                     num_outs_per_domain=opt.num_outs, num_workers=opt.num_workers, seed=opt.seed,
-                     modes=opt.modes, allow_tf32=opt.allow_tf32,
-                     train_img_dir=os.path.join(work, 'data', 'train'), val_img_dir=os.path.join(work, 'data', 'val'),
-                     eval_dir=os.path.join(work, 'eval'), fid_cache_dir=os.path.join(work, 'fid_cache'),
-                     no_save_eval_images=opt.no_save_eval_images, inception_weights=None, lpips_alexnet_weights=None)
+        args = complete_args(Munch(
+            img_size=opt.img_size, num_domains=opt.domains, latent_dim=16, hidden_dim=512, style_dim=64,
+            w_hpf=opt.w_hpf, base_dim=opt.base_dim, max_conv_dim=opt.max_conv_dim, wing_path=None,
+            val_batch_size=min(opt.val_batch_size, opt.n_val),  # reference mode needs a full batch
+            num_outs_per_domain=opt.num_outs, num_workers=opt.num_workers, seed=opt.seed,
+            modes=opt.modes, allow_tf32=opt.allow_tf32,
+            train_img_dir=os.path.join(work, 'data', 'train'), val_img_dir=os.path.join(work, 'data', 'val'),
+            eval_dir=os.path.join(work, 'eval'), fid_cache_dir=os.path.join(work, 'fid_cache'),
+            no_save_eval_images=opt.no_save_eval_images, inception_weights=None, lpips_alexnet_weights=None))
         torch.manual_seed(opt.seed)
         _, nets_ema = build_model(args)
         for net in nets_ema.values():

@@ -102,8 +102,8 @@ def main(argv=None):
     args = parse_args(rest)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from benchmark import ensure_wing, new_solver, synthetic_inputs
-    from core.solver import resolve_device
+    from benchlib.workload import ensure_wing, new_solver, synthetic_inputs
+    from core.distributed import resolve_device
     device = resolve_device(args.device)
     workdir = tempfile.mkdtemp(prefix='stargan_ops_')
     try:

@@ -12,6 +12,7 @@ from munch import Munch
 from PIL import Image
 
 from core import align as A
+from core import wing as W
 from core.wing import FAN
 
 REPRESENTATIVE = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'representative'
@@ -60,7 +61,7 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def aligner64(assets):
-    return A.FaceAligner(assets.wing, assets.lm, 64, 'cpu')
+    return W.FaceAligner(assets.wing, assets.lm, 64, 'cpu')
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -83,8 +84,7 @@ def test_landmarks2mat_maps_similar_landmarks_onto_the_reference(aligner64, thet
 def test_reference_landmarks_scale_with_the_output_size(assets):
     mean = synthetic_mean_face()
     for size in (128, 256, 512):
-        aligner = A.FaceAligner.__new__(A.FaceAligner)  # only the landmark part: no FAN needed
-        aligner.ref_landmarks = A.load_mean_landmarks(assets.lm) * (size / 256)
+        aligner = A.FaceGeometry(assets.lm, size)  # only the landmark part: no FAN needed
         np.testing.assert_allclose(aligner.ref_landmarks, mean * size / 256, atol=1e-3)
 
 
@@ -183,8 +183,8 @@ def test_align_faces_geometry_through_files(assets, tmp_path, monkeypatch):
     inp = tmp_path / 'in'
     inp.mkdir()
     Image.fromarray(blob_image(size, [src[97], src[76]]).round().astype(np.uint8)).save(inp / 'face.png')
-    monkeypatch.setattr(A.FaceAligner, 'get_landmarks', lambda self, x: src[None].copy())
-    written = A.align_faces(make_args(assets, size), str(inp), str(tmp_path / 'out'))
+    monkeypatch.setattr(W.FaceAligner, 'get_landmarks', lambda self, x: src[None].copy())
+    written = W.align_faces(make_args(assets, size), str(inp), str(tmp_path / 'out'))
     assert written == [str(tmp_path / 'out' / 'face.png')]
     out = np.asarray(Image.open(written[0]))
     assert out.shape == (size, size, 3) and out.dtype == np.uint8
@@ -206,7 +206,7 @@ def test_align_faces_end_to_end_with_a_random_fan(assets, tmp_path):
     for name, (w, h) in [('b.png', (70, 50)), ('a.JPG', (60, 80))]:
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(inp / name)
     (inp / 'notes.txt').write_text('not an image')
-    written = A.align_faces(make_args(assets, 64), str(inp), str(out))
+    written = W.align_faces(make_args(assets, 64), str(inp), str(out))
     assert written == [str(out / 'a.JPG'), str(out / 'b.png')]  # sorted, the .txt left alone
     assert sorted(p.name for p in out.iterdir()) == ['a.JPG', 'b.png']
     for p in written:
@@ -220,28 +220,28 @@ def test_align_faces_errors_name_the_missing_file(assets, tmp_path):
     inp = tmp_path / 'in'
     inp.mkdir()
     with pytest.raises(FileNotFoundError, match='No images') as e:
-        A.align_faces(make_args(assets, 64), str(inp), str(tmp_path / 'out'))
+        W.align_faces(make_args(assets, 64), str(inp), str(tmp_path / 'out'))
     assert str(inp) in str(e.value)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inp / 'x.png')
     args = make_args(assets, 64)
     args.wing_path = str(tmp_path / 'nowhere' / 'wing.ckpt')
     with pytest.raises(FileNotFoundError, match='download.sh wing') as e:
-        A.align_faces(args, str(inp), str(tmp_path / 'out'))
+        W.align_faces(args, str(inp), str(tmp_path / 'out'))
     assert args.wing_path in str(e.value)
     args = make_args(assets, 64)
     args.lm_path = str(tmp_path / 'celeba_lm_mean.npz')
     with pytest.raises(FileNotFoundError, match='download.sh wing') as e:
-        A.align_faces(args, str(inp), str(tmp_path / 'out'))
+        W.align_faces(args, str(inp), str(tmp_path / 'out'))
     assert args.lm_path in str(e.value)
     with pytest.raises(FileNotFoundError, match='not found'):
-        A.align_faces(make_args(assets, 64), str(tmp_path / 'missing'), str(tmp_path / 'out'))
+        W.align_faces(make_args(assets, 64), str(tmp_path / 'missing'), str(tmp_path / 'out'))
 
 
 @pytest.mark.skipif(not (REPRESENTATIVE / 'custom').is_dir(), reason='shared representative images absent')
 def test_align_faces_on_the_representative_custom_images(assets, tmp_path):
     for domain in sorted(p.name for p in (REPRESENTATIVE / 'custom').iterdir() if p.is_dir()):
         inp = REPRESENTATIVE / 'custom' / domain
-        written = A.align_faces(make_args(assets, 256), str(inp), str(tmp_path / domain))
+        written = W.align_faces(make_args(assets, 256), str(inp), str(tmp_path / domain))
         assert [Path(p).name for p in written] == A.list_images(str(inp))
         for p in written:
             with Image.open(p) as im:

@@ -188,7 +188,7 @@ def test_flop_count_fallback(bench, monkeypatch):
 
 
 def test_compile_mode_plumbing(bench, tmp_path, monkeypatch):
-    """The compile mode's path (Solver._compile, dynamo stats, numerics vs eager) with torch.compile stubbed out
+    """The compile mode's path (compile_nets, dynamo stats, numerics vs eager) with torch.compile stubbed out
     (tests/test_solver.py captures the real graphs with the aot_eager backend)."""
     calls = []
 

@@ -35,7 +35,8 @@ def test_breakdown_matches_the_flop_counter(scripts, tmp_path, capsys):
     solver.train_step(inputs, 0)
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
-    counter.mod_tracker = benchmark._NoModuleTracker()
+    from benchlib.flops import NoModuleTracker
+    counter.mod_tracker = NoModuleTracker()
     with counter:
         solver.train_step(inputs, 1)
     assert d['total']['flops'] == counter.get_total_flops() > 0

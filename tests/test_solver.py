@@ -10,7 +10,8 @@ from munch import Munch
 from PIL import Image
 
 from conftest import REPO, tiny_args
-from core.solver import NonFiniteLossError, Solver, find_latest_step
+from core.checkpoint import find_latest_step
+from core.solver import NonFiniteLossError, Solver
 
 
 def batch(args, seed=0):
@@ -82,8 +83,7 @@ def test_frozen_networks_in_the_g_steps_change_nothing_but_the_work():
     for skip in (False, True):
         torch.manual_seed(0)
         args = tiny_args()
-        solver = Solver(args, 'cpu')
-        solver.skip_unused_grads = skip
+        solver = Solver(args, 'cpu', skip_unused_grads=skip)
         terms = torch.stack([solver.train_step(batch(args, seed=i), i) for i in range(2)])
         results.append((terms, snapshot(solver), solver))
     (t0, p0, s0), (t1, p1, s1) = results
@@ -105,11 +105,10 @@ def _compiled_vs_eager(backend, n_iters, **kw):
     for compile_ in (False, True):
         torch.manual_seed(0)
         args = tiny_args(compile=compile_, compile_backend=backend, **kw)
-        solver = Solver(args, 'cpu')
         if compile_:
             torch._dynamo.reset()
             counters.clear()
-            solver._compile()
+        solver = Solver(args, 'cpu')  # with args.compile: compile_nets, in place
         terms, stats = [], []
         for i in range(n_iters):
             terms.append(solver.train_step(batch(args, seed=i), i))
@@ -266,7 +265,6 @@ def test_a_compile_failure_names_the_flag(tmp_path, monkeypatch):
     def broken_step(inputs, step):
         raise dynamo_exc.InternalTorchDynamoError('a compiler bug')
     monkeypatch.setattr(S, 'InputFetcher', Fetch)
-    monkeypatch.setattr(solver, '_compile', lambda: None)
     monkeypatch.setattr(solver, 'train_step', broken_step)
     with pytest.raises(RuntimeError, match=r'--compile: torch.compile failed at step 1 .*without --compile'):
         solver.train(Munch(src=None, ref=None, val=None))

@@ -79,7 +79,7 @@ def test_wing_ignores_unknown_keys(tmp_path, random_wing):
 
 
 def test_compiled_masks_equal_eager(random_wing):
-    """Solver._compile captures get_heatmap (FAN + post-processing) as one graph: no graph break, the same masks."""
+    """compile_nets captures get_heatmap (FAN + post-processing) as one graph: no graph break, the same masks."""
     from torch._dynamo.utils import counters
     torch.manual_seed(0)
     fan = FAN(fname_pretrained=random_wing).eval()
