@@ -29,6 +29,12 @@ PRESETS = {
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
 
+# the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
+PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'circle,square'}
+
+# a mode's own defaults for flags shared with other modes, applied (like presets) only when the flag is not given
+MODE_DEFAULTS = {'translate': dict(out_dir='expr/translated')}
+
 
 def get_parser():
     p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces.',
@@ -68,7 +74,7 @@ def get_parser():
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')
 
     # misc
-    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align'],
+    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate'],
                    help='This argument is used in solver')
     p.add_argument('--num_workers', type=int, default=4, help='Number of workers used in DataLoader')
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
@@ -102,6 +108,26 @@ def get_parser():
     p.add_argument('--inp_dir', type=str, default='assets/representative/custom/female', help='input directory when aligning faces')
     p.add_argument('--out_dir', type=str, default='assets/representative/celeba_hq/src/female', help='output directory when aligning faces')
 
+    # translating one's own images (--mode translate, core/translate.py) and fine-tuning (core/finetune.py)
+    p.add_argument('--inp', type=str, default=None,
+                   help='--mode translate: an image, or a folder searched recursively (outputs keep the relative path)')
+    p.add_argument('--trg_domain', type=str, default=None,
+                   help='--mode translate: the target domain, by name (see --domains) or index')
+    p.add_argument('--ref', type=str, default=None,
+                   help='--mode translate: a reference image or a folder of them (one output per reference); '
+                        'without it, styles come from --num_styles latent codes')
+    p.add_argument('--num_styles', type=int, default=1, help='--mode translate: latent styles per image')
+    p.add_argument('--psi', type=float, default=1.0,
+                   help='--mode translate: truncation of latent styles toward the domain mean (1: none, 0: the mean)')
+    p.add_argument('--align', action='store_true',
+                   help='--mode translate: align faces as CelebA-HQ is before translating (--wing_path, --lm_path)')
+    p.add_argument('--domains', type=str, default=None,
+                   help='Comma-separated domain names (default: the training folder names, stored in args.json; '
+                        'else the preset\'s)')
+    p.add_argument('--init_from', type=str, default=None,
+                   help='--mode train: start G, F, E (and D if present) and their EMA copies from this '
+                        '*_nets_ema.ckpt or *_nets.ckpt (fine-tuning; fresh optimisers at step 0)')
+
     # face alignment
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
     p.add_argument('--lm_path', type=str, default='expr/checkpoints/celeba_lm_mean.npz')
@@ -129,9 +155,10 @@ def get_parser():
 def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.preset:
+    fill = dict(MODE_DEFAULTS.get(args.mode, {}), **(PRESETS[args.preset] if args.preset else {}))
+    if fill:
         given = _flags_given(parser, sys.argv[1:] if argv is None else argv)
-        for k, v in PRESETS[args.preset].items():
+        for k, v in fill.items():
             if k not in given:
                 setattr(args, k, v)
     return Munch(vars(args))
