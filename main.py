@@ -24,6 +24,7 @@ def subdirs(dname):
 
 
 def main(args):
+    code = 0
     dist_info = init_distributed(args.device)
     device = dist_info.device
     torch.manual_seed(args.seed)
@@ -55,6 +56,7 @@ def main(args):
                                             batch_size=args.val_batch_size, shuffle=True,
                                             num_workers=args.num_workers, num_domains=args.num_domains,
                                             seed=args.seed))
+        args.domains = args.domains or ','.join(loaders.src.domains)  # names for --mode translate (args.json)
         if dist_info.rank == 0:
             save_config(args, os.path.join(args.checkpoint_dir, 'args.json'))
         solver.train(loaders)
@@ -75,7 +77,11 @@ def main(args):
     elif args.mode == 'align':
         from core.wing import align_faces
         align_faces(args, args.inp_dir, args.out_dir, device=device)
+    elif args.mode == 'translate':
+        from core.translate import translate_cli
+        code = translate_cli(args, device)  # 1 when some input was skipped
     cleanup()
+    return code
 
 
 def _latest(args):
@@ -87,7 +93,7 @@ if __name__ == '__main__':
     args = parse_args()
     print(args)
     try:
-        main(args)
+        sys.exit(main(args))
     except (DataError, FileNotFoundError, NonFiniteLossError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
