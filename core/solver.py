@@ -212,6 +212,9 @@ class Solver(nn.Module):
             start = find_latest_step(args.checkpoint_dir)
         if start > 0:
             self._load_checkpoint(start)
+        elif args.init_from:  # fine-tuning (core/finetune.py); a resume of such a run loads its own checkpoint
+            from core.finetune import init_from
+            init_from(self.nets, self.nets_ema, args)
         if args.get('compile'):
             self._compile()
 
