@@ -1,8 +1,8 @@
 """Translate your own images: one photo or a folder, into a domain named on the command line, with styles from
 reference images or from latent codes.
 
-    python main.py --mode translate --checkpoint_dir expr/checkpoints/celeba_hq --resume_iter 100000 --preset celeba_hq \
-                   --inp me.jpg --trg_domain male --num_styles 4 --psi 0.7 --align
+    python main.py --mode translate --preset celeba_hq --checkpoint_dir expr/checkpoints/celeba_hq \
+                   --resume_iter 100000 --inp me.jpg --trg_domain male --num_styles 4 --psi 0.7 --align
     python main.py --mode translate --checkpoint_dir expr/checkpoints/celeba_hq --preset celeba_hq \
                    --inp my_photos/ --trg_domain female --ref refs/female/ --align --out_dir expr/translated
 
@@ -308,7 +308,8 @@ class ContactSheets:
             return
         rows = list(self.rows)
         if self.ref_tiles is not None:
-            rows.insert(0, [Image.new('RGB', (self.tile, self.tile), 'white')] + [self._thumb(r) for r in self.ref_tiles])
+            white = Image.new('RGB', (self.tile, self.tile), 'white')
+            rows.insert(0, [white] + [self._thumb(r) for r in self.ref_tiles])
         t, cols = self.tile, max(len(r) for r in rows)
         sheet = Image.new('RGB', (cols * t, len(rows) * t), 'white')
         for i, row in enumerate(rows):

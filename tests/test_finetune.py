@@ -167,3 +167,18 @@ def test_fine_tuning_starts_from_the_file_trains_and_resumes(tmp_path, monkeypat
     log = [json.loads(line) for line in open(tmp_path / 'ckpt' / 'train_log.jsonl')]
     assert [r['step'] for r in log] == [1, 2, 3, 4]
     assert os.path.exists(tmp_path / 'ckpt' / '000004_nets_ema.ckpt')
+
+
+def test_settings_read_from_the_reference_layouts(schema):
+    """infer_settings on state_dicts with the reference networks' names and shapes (../shared/spec schema: the
+    layouts of the released files) gives back the configuration each was built with."""
+    from core.ckpt_settings import infer_settings
+    for config, nets in schema['configs'].items():
+        want = dict(kv.split('=') for kv in config.split(','))
+        files = {name: {k: torch.empty(shape) for k, shape in net['state_dict'].items()} for name, net in nets.items()}
+        files['generator'].pop('hpf.filter', None)  # as in the released CelebA-HQ file
+        s = infer_settings(files)
+        assert (s.img_size, s.hpf, s.num_domains, s.latent_dim, s.style_dim) == (
+            int(want['img_size']), float(want['w_hpf']) > 0, int(want['num_domains']), int(want['latent_dim']),
+            int(want['style_dim'])), config
+        assert (s.base_dim, s.max_conv_dim, s.hidden_dim) == (0, 512, 512), config
