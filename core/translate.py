@@ -20,7 +20,7 @@ and skipped, and the exit code is then 1.
 
 The network's settings (img_size, widths, number of domains, high-pass path) are read from the checkpoint file
 itself, so the released files need no flags. Domain names come from --domains, else from args.json beside the
-checkpoint (training stores the data's folder names there), else from --preset (celeba_hq: female,male; afhq:
+checkpoint (training stores the data's folder names there), else from its training folders or preset, else from --preset (celeba_hq: female,male; afhq:
 cat,dog,wild; demo: circle,square); an index (0, 1, ...) always works.
 """
 import json
@@ -125,14 +125,21 @@ def with_file_settings(args, state):
 
 
 def domain_names(args, fname):
-    """(names, where they came from) for the network in fname: --domains, args.json beside it, --preset, indices."""
+    """(names, where they came from) for the network in fname: --domains; args.json beside it (its domains, else
+    the folders of its train_img_dir, else its preset's); --preset; else the indices."""
     saved = os.path.join(os.path.dirname(os.path.abspath(fname)), 'args.json')
-    saved_domains = None
+    run = {}
     if os.path.isfile(saved):
         with open(saved) as f:
-            saved_domains = json.load(f).get('domains')
-    for value, source in ((args.domains, '--domains'), (saved_domains, saved),
-                          (PRESET_DOMAINS.get(args.preset), f'--preset {args.preset}')):
+            run = json.load(f)
+    train_dir = run.get('train_img_dir') or ''
+    folders = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d))
+                     and not d.startswith('.')) if os.path.isdir(train_dir) else []
+    candidates = ((args.domains, '--domains'), (run.get('domains'), saved),
+                  (folders if len(folders) == args.num_domains else None, f'the folders of {train_dir}'),
+                  (PRESET_DOMAINS.get(run.get('preset')), f'{saved} (preset {run.get("preset")})'),
+                  (PRESET_DOMAINS.get(args.preset), f'--preset {args.preset}'))
+    for value, source in candidates:
         if value:
             names = value.split(',') if isinstance(value, str) else list(value)
             names = [n.strip() for n in names]

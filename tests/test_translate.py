@@ -116,6 +116,14 @@ def test_domain_names_sources(tmp_path):
     assert Translator.from_checkpoint(str(tmp_path / 'released')).domains == ['0', '1']
     with pytest.raises(TranslateError, match=r'--domains names 3 domains \(a, b, c\) but the network .* has 2'):
         Translator.from_checkpoint(str(tmp_path / 'released'), domains='a,b,c')
+    # a run trained before args.json held the names: its training folders, else its preset
+    save_network(tmp_path / 'old', domains=None)
+    (tmp_path / 'data' / 'apple').mkdir(parents=True)
+    (tmp_path / 'data' / 'pear').mkdir()
+    (tmp_path / 'old' / 'args.json').write_text(json.dumps({'train_img_dir': str(tmp_path / 'data'), 'preset': 'demo'}))
+    assert Translator.from_checkpoint(str(tmp_path / 'old')).domains == ['apple', 'pear']
+    (tmp_path / 'old' / 'args.json').write_text(json.dumps({'train_img_dir': str(tmp_path / 'gone'), 'preset': 'demo'}))
+    assert Translator.from_checkpoint(str(tmp_path / 'old')).domains == ['circle', 'square']
 
 
 def test_checkpoint_resolution(tmp_path):
@@ -284,15 +292,17 @@ def test_released_layout_with_high_pass_path(tmp_path, random_wing):
 
 
 def test_main_exit_codes(tmp_path):
-    """The command line: 1 when something was skipped, 2 with the names listed for an unknown domain."""
+    """The command line: 1 when something was skipped; an unknown domain is a DataError (main.py: 'error: ...',
+    exit code 2) raised before any image is read."""
+    from core.data_loader import DataError
     save_network(tmp_path / 'ckpt')
     odd_inputs(tmp_path / 'inp')
-    base = [sys.executable, 'main.py', '--mode', 'translate', '--device', 'cpu', '--checkpoint_dir',
-            str(tmp_path / 'ckpt'), '--inp', str(tmp_path / 'inp'), '--out_dir', str(tmp_path / 'out')]
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    p = subprocess.run(base + ['--trg_domain', 'female'], cwd=REPO, capture_output=True, text=True, env=env)
+    cmd = [sys.executable, 'main.py', '--mode', 'translate', '--device', 'cpu', '--checkpoint_dir',
+           str(tmp_path / 'ckpt'), '--inp', str(tmp_path / 'inp'), '--out_dir', str(tmp_path / 'out'),
+           '--trg_domain', 'female']
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert p.returncode == 1, p.stderr
     assert 'broken.jpg' in p.stderr and len(list((tmp_path / 'out').rglob('*_female_z0.png'))) == 3
-    p = subprocess.run(base + ['--trg_domain', 'dog'], cwd=REPO, capture_output=True, text=True, env=env)
-    assert p.returncode == 2
-    assert 'error: --trg_domain "dog" is not a domain of this network; its domains: female, male' in p.stderr
+    args = cli_args(tmp_path / 'ckpt', tmp_path / 'missing_inp', tmp_path / 'out2', trg_domain='dog')
+    with pytest.raises(DataError, match='"dog" is not a domain of this network; its domains: female, male'):
+        translate_cli(args, torch.device('cpu'))  # --inp does not exist: the name was checked first
