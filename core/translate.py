@@ -336,7 +336,9 @@ def _load_all(translator, items, align, failed):
     for fname, rel in items:
         try:
             x = translator.prepare(open_rgb(fname), align=align)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...; the aligner ValueError
+        except RuntimeError:  # torch (out of memory, a device error): not a problem of this file
+            raise
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error...; the aligner ValueError
             failed.append((fname, _reason(e)))
             continue
         out.append((x, to_pil(x), (fname, rel)))
