@@ -94,9 +94,11 @@ def init_from(nets, nets_ema, args, fname=None):
         if name in nets_ema:
             nets_ema[name].load_state_dict(state)
         line = f'  {name}: {len(loaded)} tensors loaded'
-        if partial:
-            m = min(s.num_domains, args.num_domains)
-            line += f'; output rows of domains 0-{m - 1} loaded, of {m}-{args.num_domains - 1} initialised (He)'
+        if partial and args.num_domains > s.num_domains:
+            line += f'; output rows of domain(s) {", ".join(names[s.num_domains:])} initialised (He)'
+        elif partial:
+            dropped_rows = ', '.join(map(str, range(args.num_domains, s.num_domains)))
+            line += f'; the file\'s output rows of domain(s) {dropped_rows} not used'
         new = _domains_of(fresh)
         if new:
             line += f'; heads of domain(s) {", ".join(names[i] for i in new)} initialised (He)'

@@ -71,7 +71,8 @@ def test_nets_file_loads_d_rows_and_fewer_domains_drop_heads(tmp_path):
     torch.manual_seed(0)
     nets, ema = build_model(tiny_args(num_domains=3))
     D0 = state(nets.discriminator)
-    init_from(nets, ema, tiny_args(num_domains=3), fname)
+    lines = init_from(nets, ema, tiny_args(num_domains=3, domains='a,b,c'), fname)
+    assert 'discriminator: 17 tensors loaded; output rows of domain(s) c initialised (He)' in '\n'.join(lines)
     last = max(int(k.split('.')[1]) for k in D0)
     for k, v in nets.discriminator.state_dict().items():
         if k.startswith(f'main.{last}.'):  # one output row per domain: 0, 1 from the file, 2 initialised
@@ -85,6 +86,7 @@ def test_nets_file_loads_d_rows_and_fewer_domains_drop_heads(tmp_path):
     assert torch.equal(nets1.discriminator.state_dict()[f'main.{last}.weight'],
                        file['discriminator'][f'main.{last}.weight'][:1])
     assert "the file's heads of domain(s) 1 not used" in '\n'.join(lines)
+    assert "the file's output rows of domain(s) 1 not used" in '\n'.join(lines)
 
 
 @pytest.mark.parametrize('flags, message', [
