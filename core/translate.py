@@ -47,6 +47,7 @@ from core.utils import average_style, denormalize, get_masks
 # what PIL reads; an explicitly named file is tried whatever its extension
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 SHEET_ROWS = 32      # rows per contact sheet (JPEG cannot be taller than 65,535 pixels)
+SHEET_STYLES = 32    # style columns shown on a contact sheet (the files hold them all)
 SHEET_TILE = 256     # largest tile of the contact sheet, in pixels
 SETTINGS_KEYS = ('img_size', 'num_domains', 'latent_dim', 'hidden_dim', 'style_dim', 'base_dim', 'max_conv_dim')
 
@@ -306,7 +307,7 @@ class ContactSheets:
         return img if img.size == (self.tile, self.tile) else img.resize((self.tile, self.tile), Image.BICUBIC)
 
     def add(self, inp, outs):
-        self.rows.append([self._thumb(inp)] + [self._thumb(o) for o in outs])
+        self.rows.append([self._thumb(inp)] + [self._thumb(o) for o in outs[:SHEET_STYLES]])
         if len(self.rows) == SHEET_ROWS:
             self.flush()
 
@@ -316,7 +317,7 @@ class ContactSheets:
         rows = list(self.rows)
         if self.ref_tiles is not None:
             white = Image.new('RGB', (self.tile, self.tile), 'white')
-            rows.insert(0, [white] + [self._thumb(r) for r in self.ref_tiles])
+            rows.insert(0, [white] + [self._thumb(r) for r in self.ref_tiles[:SHEET_STYLES]])
         t, cols = self.tile, max(len(r) for r in rows)
         sheet = Image.new('RGB', (cols * t, len(rows) * t), 'white')
         for i, row in enumerate(rows):
@@ -375,6 +376,8 @@ def translate_cli(args, device):
     failed, failed_refs = [], []
 
     ref_imgs = None
+    if args.ref and (args.num_styles != 1 or args.psi != 1):
+        print('--ref given: one style per reference; --num_styles and --psi are not used')
     if args.ref:
         refs = _load_all(translator, find_images(args.ref, '--ref'), args.align, failed_refs)
         if not refs:

@@ -228,6 +228,19 @@ def test_cli_folder_with_odd_and_unreadable_files(tmp_path, capsys):
                           np.asarray(Image.open(tmp_path / 'out' / 'grey_male_z0.png')))
 
 
+def test_contact_sheets_page_and_cap_columns(tmp_path, monkeypatch):
+    import core.translate as T
+    monkeypatch.setattr(T, 'SHEET_ROWS', 2)
+    monkeypatch.setattr(T, 'SHEET_STYLES', 1)
+    save_network(tmp_path / 'ckpt')
+    odd_inputs(tmp_path / 'inp')
+    args = cli_args(tmp_path / 'ckpt', tmp_path / 'inp', tmp_path / 'out', num_styles=2)
+    assert translate_cli(args, torch.device('cpu')) == 1
+    assert Image.open(tmp_path / 'out' / 'contact_sheet.jpg').size == (2 * S, 2 * S)   # input + 1 of 2 styles
+    assert Image.open(tmp_path / 'out' / 'contact_sheet_2.jpg').size == (2 * S, 1 * S)  # the third input
+    assert len(list((tmp_path / 'out').rglob('*_z1.png'))) == 3                         # the files hold them all
+
+
 @pytest.mark.skipif(not (DATA / 'custom').is_dir() or not (DATA / 'celeba_hq' / 'ref').is_dir(),
                     reason='../shared representative images absent')
 def test_cli_reference_folder_on_real_photos(tmp_path):
