@@ -26,6 +26,7 @@ def subdirs(dname):
 
 
 def main(args):
+    code = 0
     dist_info = init_distributed(args.device)
     device = dist_info.device  # chosen once, passed down
     if dist_info.rank == 0:
@@ -59,6 +60,7 @@ def main(args):
                                             batch_size=args.val_batch_size, shuffle=True,
                                             num_workers=args.num_workers, num_domains=args.num_domains,
                                             seed=args.seed))
+        args.domains = args.domains or ','.join(loaders.src.domains)  # names for --mode translate (args.json)
         if dist_info.rank == 0:
             save_config(args, os.path.join(args.checkpoint_dir, 'args.json'))
         solver.train(loaders)
@@ -79,13 +81,17 @@ def main(args):
     elif args.mode == 'align':
         from core.wing import align_faces
         align_faces(args, args.inp_dir, args.out_dir, device=device)
+    elif args.mode == 'translate':
+        from core.translate import translate_cli
+        code = translate_cli(args, device)  # 1 when some input was skipped
     cleanup()
+    return code
 
 
 if __name__ == '__main__':
     args = parse_args()
     try:
-        main(args)
+        sys.exit(main(args))
     except (DataError, FileNotFoundError, NonFiniteLossError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)

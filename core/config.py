@@ -31,9 +31,11 @@ PRESETS = {
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
 
-# defaults that depend on --mode (applied like a preset, before it)
-MODE_DEFAULTS = {}
+# the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
+PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'circle,square'}
 
+# a mode's own defaults for flags shared with other modes (applied like a preset, before it)
+MODE_DEFAULTS = {'translate': dict(out_dir='expr/translated')}
 
 SAMPLE_OUTPUTS = ('reference', 'latent', 'video_ref', 'video_latent')  # what --mode sample can write
 
@@ -84,7 +86,7 @@ def get_parser():
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')
 
     # misc
-    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align'],
+    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate'],
                    help='This argument is used in solver')
     p.add_argument('--num_workers', type=int, default=4, help='Number of workers used in DataLoader')
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
@@ -120,6 +122,26 @@ def get_parser():
     p.add_argument('--outputs', type=_sample_outputs, default=','.join(SAMPLE_OUTPUTS),
                    help='What --mode sample writes, comma-separated: reference, latent (the psi grids), video_ref, '
                         'video_latent')
+
+    # translating one's own images (--mode translate, core/translate.py) and fine-tuning (core/finetune.py)
+    p.add_argument('--inp', type=str, default=None,
+                   help='--mode translate: an image, or a folder searched recursively (outputs keep the relative path)')
+    p.add_argument('--trg_domain', type=str, default=None,
+                   help='--mode translate: the target domain, by name (see --domains) or index')
+    p.add_argument('--ref', type=str, default=None,
+                   help='--mode translate: a reference image or a folder of them (one output per reference); '
+                        'without it, styles come from --num_styles latent codes')
+    p.add_argument('--num_styles', type=int, default=1, help='--mode translate: latent styles per image')
+    p.add_argument('--psi', type=float, default=1.0,
+                   help='--mode translate: truncation of latent styles toward the domain mean (1: none, 0: the mean)')
+    p.add_argument('--align', action='store_true',
+                   help='--mode translate: align faces as CelebA-HQ is before translating (--wing_path, --lm_path)')
+    p.add_argument('--domains', type=str, default=None,
+                   help='Comma-separated domain names (default: the training folder names, stored in args.json; '
+                        'else the preset\'s)')
+    p.add_argument('--init_from', type=str, default=None,
+                   help='--mode train: start G, F, E (and D if present) and their EMA copies from this '
+                        '*_nets_ema.ckpt or *_nets.ckpt (fine-tuning; fresh optimisers at step 0)')
 
     # face alignment
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
@@ -214,4 +236,7 @@ def summary(args, device):
         parts += [f'checkpoints {args.checkpoint_dir}', f'val {args.val_img_dir}', f'eval {args.eval_dir}']
     elif args.mode == 'align':
         parts += [f'input {args.inp_dir}', f'output {args.out_dir}']
+    elif args.mode == 'translate':
+        parts += [f'checkpoints {args.checkpoint_dir}', f'input {args.inp}', f'target {args.trg_domain}',
+                  f'output {args.out_dir}']
     return 'StarGAN v2: ' + '; '.join(parts)

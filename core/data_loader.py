@@ -23,7 +23,8 @@ from PIL import Image
 from torch.utils import data
 from torchvision import transforms
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg')  # the reference's (datasets, sample and align folders)
+PHOTO_EXTENSIONS = IMG_EXTENSIONS + ('.bmp', '.webp', '.tif', '.tiff', '.gif')  # --mode translate: one's own photos
 
 
 class DataError(ValueError):

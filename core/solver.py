@@ -127,6 +127,9 @@ class Solver(nn.Module):
         start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
         if start > 0:
             self.checkpoint.load(start, restore_rng=True)
+        elif args.init_from:  # fine-tuning (core/finetune.py); a resume of such a run loads its own checkpoint
+            from core.finetune import init_from
+            init_from(self.nets, self.nets_ema, args)
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)
         inputs_val = next(InputFetcher(loaders.val, None, args.latent_dim, 'val', self.device)) if main else None
         logger = TrainLogger(args, start) if main else None

@@ -307,6 +307,16 @@ class FaceAligner(FaceGeometry):
         """x (N, 3, H, W) in [-1, 1] -> (N, 98, 2) float64 landmarks (x, y) in x's pixel units."""
         return self.fan.get_landmark(x.to(self.device)).cpu().double().numpy()
 
+    def align_pil(self, image):
+        """An RGB PIL image (any size) -> the aligned PIL image (output_size square), as --mode align writes it.
+        Resized to a square first, as the reference's loader does; ValueError when it cannot be aligned."""
+        # PIL bilinear resize, as torchvision's Resize on a PIL image in the reference
+        image = image.resize((self.output_size, self.output_size), Image.Resampling.BILINEAR)
+        img_np = np.asarray(image, dtype=np.float64)  # (H, W, 3) in [0, 255]
+        x = torch.from_numpy(img_np / 255 * 2 - 1).permute(2, 0, 1).unsqueeze(0).float()
+        aligned = self.align_image(img_np, self.get_landmarks(x)[0])
+        return Image.fromarray(np.clip(np.floor(aligned + 0.5), 0, 255).astype(np.uint8))  # rounding, as save_image
+
     def align(self, imgs):
         """imgs (N, 3, H, W) in [-1, 1] -> (N, 3, output_size, output_size) in [-1, 1], on imgs' device."""
         landmarks = self.get_landmarks(imgs)
@@ -337,18 +347,12 @@ def align_faces(args, input_dir, output_dir, device=None):
     written = []
     for fname in fnames:
         image = Image.open(os.path.join(input_dir, fname)).convert('RGB')
-        # PIL bilinear resize, as torchvision's Resize on a PIL image in the reference
-        image = image.resize((args.img_size, args.img_size), Image.Resampling.BILINEAR)
-        img_np = np.asarray(image, dtype=np.float64)  # (H, W, 3) in [0, 255]
-        x = torch.from_numpy(img_np / 255 * 2 - 1).permute(2, 0, 1).unsqueeze(0).float()
-        landmarks = aligner.get_landmarks(x)[0]
         try:
-            aligned = aligner.align_image(img_np, landmarks)
+            out = aligner.align_pil(image)
         except ValueError as e:
             raise ValueError(f'{os.path.join(input_dir, fname)}: {e}') from e
-        out = np.clip(np.floor(aligned + 0.5), 0, 255).astype(np.uint8)  # rounding, as torchvision's save_image
         path = os.path.join(output_dir, fname)
-        Image.fromarray(out).save(path)
+        out.save(path)
         written.append(path)
         print(f'Saved the aligned image to {path}')
     return written
