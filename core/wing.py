@@ -198,7 +198,8 @@ class FAN(nn.Module):
     def get_landmark(self, x):
         """(N, 98, 2) landmark coordinates (x, y) in the pixel units of x."""
         heatmaps = self.get_heatmap(x, b_preprocess=False)
-        return get_preds_fromhm(heatmaps.float()) * (x.size(2) // heatmaps.size(2))
+        # the reference's integer ratio x.size(2) // 64 is 0 below 64 px; the true ratio equals it from 64 px up
+        return get_preds_fromhm(heatmaps.float()) * (x.size(2) / heatmaps.size(2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

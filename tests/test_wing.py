@@ -92,3 +92,15 @@ def test_compiled_masks_equal_eager(random_wing):
     assert not counters['graph_break'] and counters['stats']['unique_graphs'] == 1
     for m, mc in zip(masks, masks_c):
         assert m.abs().sum() > 0 and torch.allclose(m, mc, rtol=0, atol=1e-5)
+
+
+def test_landmarks_scale_to_the_input_size_below_64_px(random_wing):
+    """The heatmaps are 64x64 whatever the input: landmarks of a 32-px image are their argmax positions halved (the
+    reference's integer ratio 32 // 64 made them all 0); at 128 px doubled, as the reference."""
+    torch.manual_seed(0)
+    fan = FAN(fname_pretrained=random_wing).eval()
+    for size, ratio in ((32, 0.5), (128, 2)):
+        x = torch.rand(1, 3, size, size) * 2 - 1
+        preds = get_preds_fromhm(fan.get_heatmap(x, b_preprocess=False).float())
+        lm = fan.get_landmark(x)
+        assert lm.abs().sum() > 0 and torch.equal(lm, preds * ratio)
