@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from munch import Munch
 
+from core.model import masks_of
+
 
 def adv_loss(logits, target):
     assert target in [1, 0]
@@ -87,7 +89,7 @@ def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, m
     loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
 
     # cycle-consistency loss
-    masks = nets.fan.get_heatmap(x_fake) if args.w_hpf > 0 else None
+    masks = masks_of(nets, x_fake)
     s_org = nets.style_encoder(x_real, y_org)
     x_rec = nets.generator(x_fake, s_org, masks=masks)
     loss_cyc = torch.mean(torch.abs(x_rec - x_real))

@@ -28,7 +28,7 @@ from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, g
                               is_main_process)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
-from core.model import build_model
+from core.model import build_model, masks_of
 
 LOSS_NAMES = ['D/latent_real', 'D/latent_fake', 'D/latent_reg', 'D/ref_real', 'D/ref_fake', 'D/ref_reg',
               'G/latent_adv', 'G/latent_sty', 'G/latent_ds', 'G/latent_cyc',
@@ -153,7 +153,7 @@ class Solver(nn.Module):
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
         if self.cudagraphs:  # a new iteration: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        masks = nets.fan.get_heatmap(x_real) if args.w_hpf > 0 else None
+        masks = masks_of(nets, x_real)
 
         with self._autocast():
             d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks,

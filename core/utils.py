@@ -9,6 +9,8 @@ import os
 import torch
 import torchvision.utils as vutils
 
+from core.model import masks_of
+
 
 def denormalize(x):
     return ((x + 1) / 2).clamp_(0, 1)
@@ -26,7 +28,7 @@ def save_json(json_file, filename):
 
 
 def get_masks(nets, args, x):
-    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
+    return masks_of(nets, x)
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ import tempfile
 import numpy as np
 import torch
 
+from core.model import masks_of
+
 FPS = 30
 SLIDE_MARGIN = 32  # width of the blank strip right of the sliding reference panel (the reference's, at any size)
 LEN_TAIL = 10
@@ -60,7 +62,7 @@ def get_alphas(start=-5, end=5, step=0.5, len_tail=LEN_TAIL):
 
 
 def _masks(nets, args, x):
-    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
+    return masks_of(nets, x)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from core import utils
 from core.data_loader import DataError, get_eval_loader
+from core.model import masks_of
 from metrics.fid import (feature_statistics, folder_statistics, frechet_distance, inception_inputs, load_inception,
                          to_uint8)
 from metrics.lpips import calculate_lpips_given_images
@@ -132,7 +133,7 @@ def translate_task(nets, args, loader_src, trg_idx, styles, inception, resize_po
         N = x_src.size(0)
         x_src = x_src.to(device)
         y_trg = torch.full((N,), trg_idx, dtype=torch.long, device=device)
-        masks = nets.fan.get_heatmap(x_src) if args.w_hpf > 0 else None
+        masks = masks_of(nets, x_src)
         group_of_images = []
         for j in range(args.num_outs_per_domain):
             x_fake = nets.generator(x_src, styles(N, y_trg), masks=masks)
