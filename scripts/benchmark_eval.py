@@ -256,7 +256,8 @@ def main(argv=None):
                      modes=opt.modes, allow_tf32=opt.allow_tf32,
                      train_img_dir=os.path.join(work, 'data', 'train'), val_img_dir=os.path.join(work, 'data', 'val'),
                      eval_dir=os.path.join(work, 'eval'), fid_cache_dir=os.path.join(work, 'fid_cache'),
-                     no_save_eval_images=opt.no_save_eval_images, inception_weights=None, lpips_alexnet_weights=None)
+                     no_save_eval_images=opt.no_save_eval_images, inception_weights=None, lpips_alexnet_weights=None,
+                     skip='hpf', hpf_masks='fan', eval_landmarks=False)
         torch.manual_seed(opt.seed)
         _, nets_ema = build_model(args)
         for net in nets_ema.values():
