@@ -227,11 +227,12 @@ class SkipVariantGenerator(Generator):
         if skip == 'unet':
             # channels entering each downsampling block = channels leaving the decoder block of the same size
             size, convs = img_size, {}
-            for block in self.encode:
-                if block.downsample:
-                    c = block.conv1.in_channels
-                    convs[str(size)] = nn.Conv2d(c, c, 1, 1, 0, bias=False)
-                    size //= 2
+            with torch.random.fork_rng(devices=[]):  # the RNG stream of the shared networks stays hpf's
+                for block in self.encode:
+                    if block.downsample:
+                        c = block.conv1.in_channels
+                        convs[str(size)] = nn.Conv2d(c, c, 1, 1, 0, bias=False)
+                        size //= 2
             self.skip_conv = nn.ModuleDict(convs)
 
     def get_extra_state(self):
@@ -339,6 +340,17 @@ def he_init(module):
             nn.init.constant_(module.bias, 0)
 
 
+def init_weights(net):
+    """He initialisation (he_init on every module, in the reference's order). The U-net's extra 1x1 convs draw from
+    a forked RNG, so that with the same seed every shared parameter, and the F, E, D initialised after G, start as in
+    the hpf network: the variants differ only in their skips."""
+    extra = set(net.skip_conv.modules()) if isinstance(net, SkipVariantGenerator) and net.skip == 'unet' else set()
+    net.apply(lambda m: None if m in extra else he_init(m))
+    if extra:
+        with torch.random.fork_rng(devices=[]):
+            net.skip_conv.apply(he_init)
+
+
 def build_model(args):
     """(nets, nets_ema) as Munch. G, F, E, D get He initialisation, then the EMA copies are taken (the reference
     copies before initialising; see README, Differences). With w_hpf > 0 and --skip hpf both hold the same FAN (eval
@@ -360,7 +372,7 @@ def build_model(args):
     nets = Munch(generator=generator, mapping_network=mapping_network,
                  style_encoder=style_encoder, discriminator=discriminator)
     for net in nets.values():
-        net.apply(he_init)
+        init_weights(net)
     nets_ema = Munch(generator=copy.deepcopy(generator),
                      mapping_network=copy.deepcopy(mapping_network),
                      style_encoder=copy.deepcopy(style_encoder))

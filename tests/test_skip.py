@@ -102,6 +102,26 @@ def test_unet_joins_the_encoder_features_of_every_resolution():
             conv.weight.copy_(w)
 
 
+@pytest.mark.parametrize('w_hpf', [0, 1])
+def test_same_seed_same_start_for_every_shared_parameter(w_hpf):
+    """With one seed the three variants start from the same G (shared names), F, E and D: a controlled comparison."""
+    base = dict(img_size=32, style_dim=16, latent_dim=8, num_domains=2, base_dim=8, max_conv_dim=16, hidden_dim=16,
+                w_hpf=w_hpf, hpf_masks='ones')
+    built = {}
+    for skip in ('hpf', 'unet', 'none'):
+        torch.manual_seed(3)
+        built[skip] = build_model(Munch(base, skip=skip))[0]
+        built[skip].after = torch.rand(1)  # the global RNG after building: untouched by the U-net's extra init
+    for skip in ('unet', 'none'):
+        assert torch.equal(built[skip].after, built['hpf'].after)
+        for name in ('generator', 'mapping_network', 'style_encoder', 'discriminator'):
+            ref = built['hpf'][name].state_dict()
+            for k, v in built[skip][name].state_dict().items():
+                if k in ref:
+                    assert torch.equal(v, ref[k]), (skip, name, k)
+    assert built['unet'].generator.skip_conv['32'].weight.std() > 0  # He-initialised, not zero
+
+
 def test_masks_only_for_hpf_with_w_hpf():
     base = dict(img_size=32, style_dim=16, latent_dim=8, num_domains=2, base_dim=8, max_conv_dim=16, hidden_dim=16,
                 wing_path='/nonexistent/wing.ckpt')
