@@ -10,7 +10,8 @@ time >= max(FLOPs / peak FLOP/s, bytes / memory bandwidth) per call, summed per 
 Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hpf, ...). The iteration counted is
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
 element-wise work carries compared with the convolutions, and what a perfect kernel for each could reach; a profile
-(scripts/benchmark.py --profile) says what the kernels actually took. On a CPU, Adam runs one tensor at a time (about
+(scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the activation
+memory (bytes saved for backward, scripts/activation_memory.py) per image. On a CPU, Adam runs one tensor at a time (about
 2,000 extra small calls); on CUDA it is multi-tensor (foreach).
 """
 import argparse
@@ -102,6 +103,7 @@ def main(argv=None):
     args = parse_args(rest)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from activation_memory import SavedTensorCounter
     from benchmark import ensure_wing, new_solver, synthetic_inputs
     from core.solver import resolve_device
     device = resolve_device(args.device)
@@ -114,7 +116,7 @@ def main(argv=None):
         solver.train_step(inputs, 0)
         counter = OpCounter()
         counter.peak_flops, counter.bandwidth = bargs.peak_tflops * 1e12, bargs.bandwidth_tbs * 1e12
-        with counter:
+        with counter, SavedTensorCounter() as saved:
             solver.train_step(inputs, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -128,9 +130,11 @@ def main(argv=None):
     total = dict(calls=sum(k['calls'] for k in by_kind.values()), flops=sum(k['flops'] for k in by_kind.values()),
                  bytes=sum(k['bytes'] for k in by_kind.values()), floor_s=sum(k['floor_s'] for k in by_kind.values()))
     report = dict(config=dict(preset=args.preset, img_size=args.img_size, batch_size=args.batch_size, w_hpf=args.w_hpf,
-                              device=str(device), torch=torch.__version__),
+                              skip=args.skip, device=str(device), torch=torch.__version__),
                   model=dict(peak_tflops=bargs.peak_tflops, bandwidth_tbs=bargs.bandwidth_tbs),
-                  total=total, by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]['floor_s'])))
+                  total=total, by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]['floor_s'])),
+                  activations=dict(saved_bytes_per_phase=saved.phases, peak_bytes=saved.peak),
+                  per_image=dict(flops=total['flops'] / args.batch_size, activation_bytes=saved.peak / args.batch_size))
     print(f"one iteration, {args.preset or 'custom'} setting, {args.img_size} px, batch {args.batch_size}, "
           f"w_hpf {args.w_hpf}, on {device}; floor at {bargs.peak_tflops:g} TFLOP/s, {bargs.bandwidth_tbs:g} TB/s",
           file=sys.stderr)
@@ -140,11 +144,15 @@ def main(argv=None):
               f"{k['floor_s'] * 1e3:>10.2f}{k['floor_s'] / total['floor_s']:>8.1%}", file=sys.stderr)
     print(f"{'total':<24}{total['calls']:>8}{total['flops'] / 1e9:>12.1f}{total['bytes'] / 1e9:>11.2f}"
           f"{total['floor_s'] * 1e3:>10.2f}", file=sys.stderr)
+    print(f"per image: {report['per_image']['flops'] / 1e9:.1f} GFLOP; activations saved for backward "
+          f"{report['per_image']['activation_bytes'] / 2 ** 20:.1f} MiB (largest of the 4 phases, "
+          f"scripts/activation_memory.py)", file=sys.stderr)
     if bargs.json:
         with open(bargs.json, 'w') as f:
             json.dump(report, f, indent=1)
     print(json.dumps(dict(total=total, by_kind={k: {f: v[f] for f in ('calls', 'flops', 'bytes', 'floor_s')}
-                                                for k, v in report['by_kind'].items()})))
+                                                for k, v in report['by_kind'].items()},
+                          per_image=report['per_image'])))
     return 0
 
 
