@@ -80,15 +80,21 @@ def variant_args(sargs, argv, skip, data_root):
 
 
 def train(args, retrain):
-    """main.py's training (same seeds, loaders, checkpoints); returns wall seconds (None: already trained)."""
+    """main.py's training (same seeds, loaders, checkpoints). Returns (wall seconds, trained now): for a run
+    trained before, the seconds its train_log.jsonl last logged (None without a log)."""
     import main as cli
     final = os.path.join(args.checkpoint_dir, '%06d_state.ckpt' % args.total_iters)
     if os.path.exists(final) and not retrain:
         print(f'--skip {args.skip}: {final} exists, not training again (--retrain to do so)')
-        return None
+        log = os.path.join(args.checkpoint_dir, 'train_log.jsonl')
+        if not os.path.exists(log):
+            return None, False
+        with open(log) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        return (lines[-1]['elapsed_s'] if lines else None), False
     t = time.perf_counter()
     cli.main(args)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, True
 
 
 def load_ema(args, device):
@@ -256,7 +262,8 @@ def markdown(report):
             lines.append('| ' + ' | '.join(cells) + ' |')
     notes = [f"{report['iterations']} iterations per variant, seed {report['seed']}, {report['img_size']} px, "
              f"w_hpf {report['w_hpf']}, hpf masks: {report['hpf_masks']}, data: {report['data']}, "
-             f"device {report['device']}."]
+             f"device {report['device']}. train s: wall seconds of main.py's training (as its train_log.jsonl "
+             f"logged them for a run reused), whatever else the machine was running."]
     if 'classifier_accuracy_on_real' in report:
         notes.append(f"Target-shape classifier on the real validation images: {report['classifier_accuracy_on_real']:.2f}"
                      f" accuracy (the ceiling of the column).")
@@ -343,7 +350,7 @@ def main(argv=None):
     args = None
     for skip in sargs.variants:
         args = variant_args(sargs, argv, skip, data_root)
-        train_s = train(args, sargs.retrain)
+        train_s, trained_now = train(args, sargs.retrain)
         device = resolve_device(args.device)
         nets = load_ema(args, device)
         nets_by_variant[skip] = nets
@@ -357,7 +364,8 @@ def main(argv=None):
         else:
             for mode in MODES:
                 measures[mode].update(FID=NOT_MEASURED, LPIPS_diversity=NOT_MEASURED, LPIPS_to_source=NOT_MEASURED)
-        results.append(dict(skip=skip, train_s=train_s, eval_s=time.perf_counter() - t, measures=measures,
+        results.append(dict(skip=skip, train_s=train_s, trained_now=trained_now, eval_s=time.perf_counter() - t,
+                            measures=measures,
                             generator_parameters=sum(p.numel() for p in nets.generator.parameters())))
     report = dict(iterations=args.total_iters, seed=args.seed, img_size=args.img_size, w_hpf=args.w_hpf,
                   hpf_masks=args.hpf_masks, data='demo (core.demo_data)' if sargs.data is None else sargs.data,

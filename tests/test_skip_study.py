@@ -73,7 +73,7 @@ def test_study_without_imagenet_weights(study):
     for r in report['results']:
         run = out / r['skip'] / 'checkpoints'
         assert json.loads((run / 'args.json').read_text())['skip'] == r['skip']  # the variant is recorded
-        assert (run / '000002_nets_ema.ckpt').exists() and r['train_s'] > 0
+        assert (run / '000002_nets_ema.ckpt').exists() and r['train_s'] > 0 and r['trained_now']
         for mode in ('latent', 'reference'):
             m = r['measures'][mode]
             assert m['FID'] == m['LPIPS_diversity'] == m['LPIPS_to_source'] == skip_study.NOT_MEASURED
@@ -96,7 +96,10 @@ def test_study_with_weights_reuses_the_runs(study, tmp_path, monkeypatch):
     report = skip_study.main(['--out', str(out), '--figures_dir', str(tmp_path / 'fig'), '--variants', 'unet,none',
                               '--inception_weights', paths['inception'], '--lpips_alexnet_weights', paths['alexnet'],
                               '--no_save_eval_images'] + TINY)
-    assert report['imagenet_weights'] and [r['train_s'] for r in report['results']] == [None, None]  # not retrained
+    assert report['imagenet_weights'] and [r['trained_now'] for r in report['results']] == [False, False]
+    for r in report['results']:  # the time the reused run logged
+        log = (out / r['skip'] / 'checkpoints' / 'train_log.jsonl').read_text().splitlines()
+        assert r['train_s'] == json.loads(log[-1])['elapsed_s'] > 0
     for r in report['results']:
         for mode in ('latent', 'reference'):
             m = r['measures'][mode]
