@@ -6,6 +6,7 @@ time >= max(FLOPs / peak FLOP/s, bytes / memory bandwidth) per call, summed per 
 
     python scripts/op_breakdown.py --preset afhq --batch_size 1 --device cpu      # ~1 min on 2 cores
     python scripts/op_breakdown.py --preset celeba_hq --device cuda --json ops.json
+    python scripts/op_breakdown.py --preset celeba_hq --img_size 512 --batch_size 1 --fake   # counts only, ~1.5 min
 
 Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hpf, ...). The iteration counted is
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
@@ -16,6 +17,7 @@ memory (bytes saved for backward, scripts/activation_memory.py) per image. On a 
 """
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -74,7 +76,7 @@ class OpCounter(TorchDispatchMode):
             return out
         seen, nbytes = set(), 0
         for t in list(_tensors(args)) + list(_tensors(kwargs)) + list(_tensors(out)):
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+            key = (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape), t.dtype)  # works on fake tensors
             if key not in seen:
                 seen.add(key)
                 nbytes += t.numel() * t.element_size()
@@ -90,6 +92,23 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
+def to_fake(solver):
+    """Every parameter and buffer of the solver replaced by a fake tensor of the same shape (no data), the optimizer
+    steps by no-ops; returns the FakeTensorMode to run the iteration under."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    for m in solver.modules():
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = torch.nn.Parameter(mode.from_tensor(p.detach()), requires_grad=p.requires_grad)
+        for k, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[k] = mode.from_tensor(b)
+    for optim in solver.optims.values():
+        optim.step = lambda *a, **k: None
+    return mode
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False)
     p.add_argument('--peak_tflops', type=float, default=400.0,
@@ -97,6 +116,9 @@ def main(argv=None):
                         'convolution that runs well)')
     p.add_argument('--bandwidth_tbs', type=float, default=3.35, help='Memory bandwidth in TB/s (H100 SXM: 3.35)')
     p.add_argument('--json', type=str, default=None)
+    p.add_argument('--fake', action='store_true',
+                   help='Count without arithmetic (FakeTensorMode): any size in a minute or two on a CPU. The optimizer '
+                        'steps are left out (no FLOPs; their bytes are missing from the optimizer row)')
     bargs, rest = p.parse_known_args(argv)
     if not any(a == '--mode' or a.startswith('--mode=') for a in rest):
         rest = ['--mode', 'train'] + rest
@@ -111,12 +133,18 @@ def main(argv=None):
     try:
         args.checkpoint_dir = os.path.join(workdir, 'checkpoints')
         ensure_wing(args, workdir, [])
-        inputs = synthetic_inputs(args, device, args.seed)
         solver = new_solver(args, device)
-        solver.train_step(inputs, 0)
+        if bargs.fake:
+            mode = to_fake(solver)
+            with mode:
+                inputs = synthetic_inputs(args, device, args.seed)
+        else:
+            mode = contextlib.nullcontext()
+            inputs = synthetic_inputs(args, device, args.seed)
+            solver.train_step(inputs, 0)
         counter = OpCounter()
         counter.peak_flops, counter.bandwidth = bargs.peak_tflops * 1e12, bargs.bandwidth_tbs * 1e12
-        with counter, SavedTensorCounter() as saved:
+        with mode, counter, SavedTensorCounter() as saved:
             solver.train_step(inputs, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

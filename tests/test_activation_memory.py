@@ -35,3 +35,18 @@ def test_op_breakdown_reports_per_image_figures(tmp_path, capsys):
     assert d['per_image']['flops'] == d['total']['flops'] / 2
     assert d['per_image']['activation_bytes'] == max(d['activations']['saved_bytes_per_phase']) / 2 > 0
     assert 'per image:' in capsys.readouterr().err
+
+
+def test_fake_mode_counts_what_the_real_iteration_counts(tmp_path):
+    """--fake (no arithmetic) gives the FLOPs and saved bytes of the real iteration."""
+    import op_breakdown
+    tiny = ['--img_size', '32', '--base_dim', '8', '--max_conv_dim', '16', '--hidden_dim', '16', '--w_hpf', '0',
+            '--batch_size', '2', '--device', 'cpu', '--skip', 'unet']
+    reports = {}
+    for name, extra in (('real', []), ('fake', ['--fake'])):
+        assert op_breakdown.main(tiny + extra + ['--json', str(tmp_path / f'{name}.json')]) == 0
+        reports[name] = json.loads((tmp_path / f'{name}.json').read_text())
+    real, fake = reports['real'], reports['fake']
+    assert fake['total']['flops'] == real['total']['flops'] > 0
+    assert fake['activations'] == real['activations']
+    assert fake['by_kind']['conv forward']['bytes'] == real['by_kind']['conv forward']['bytes']
