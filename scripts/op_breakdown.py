@@ -117,8 +117,10 @@ def main(argv=None):
     p.add_argument('--bandwidth_tbs', type=float, default=3.35, help='Memory bandwidth in TB/s (H100 SXM: 3.35)')
     p.add_argument('--json', type=str, default=None)
     p.add_argument('--fake', action='store_true',
-                   help='Count without arithmetic (FakeTensorMode): any size in a minute or two on a CPU. The optimizer '
-                        'steps are left out (no FLOPs; their bytes are missing from the optimizer row)')
+                   help='Count without arithmetic (FakeTensorMode): any size in a minute or two on a CPU. The FLOPs, '
+                        'the activation memory and every row but "elementwise/other" equal the real iteration\'s '
+                        '(tests/test_activation_memory.py); that row also counts the fake mode\'s own copies, and the '
+                        'optimizer steps are left out (no FLOPs; their bytes missing)')
     bargs, rest = p.parse_known_args(argv)
     if not any(a == '--mode' or a.startswith('--mode=') for a in rest):
         rest = ['--mode', 'train'] + rest
