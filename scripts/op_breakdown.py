@@ -11,9 +11,9 @@ time >= max(FLOPs / peak FLOP/s, bytes / memory bandwidth) per call, summed per 
 Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hpf, ...). The iteration counted is
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
 element-wise work carries compared with the convolutions, and what a perfect kernel for each could reach; a profile
-(scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the activation
-memory (bytes saved for backward, scripts/activation_memory.py) per image. On a CPU, Adam runs one tensor at a time (about
-2,000 extra small calls); on CUDA it is multi-tensor (foreach).
+(scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the
+activation memory (bytes saved for backward, scripts/activation_memory.py) per image. On a CPU, Adam runs one tensor
+at a time (about 2,000 extra small calls); on CUDA it is multi-tensor (foreach).
 """
 import argparse
 import collections

@@ -52,7 +52,8 @@ SHAPE_DOMAINS = ('circle', 'square')  # core.demo_data.DOMAINS: the geometry mea
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False)
-    p.add_argument('--out', default='expr/skip_study', help='Runs (checkpoints, samples, eval) and, by default, figures')
+    p.add_argument('--out', default='expr/skip_study',
+                   help='Runs (checkpoints, samples, eval) and, by default, figures')
     p.add_argument('--figures_dir', default=None, help='Where the table, plot and grid go (default: --out)')
     p.add_argument('--data', default=None, help='A folder with train/ and val/ domain folders (default: the demo data)')
     p.add_argument('--variants', default=','.join(VARIANTS), help='Comma-separated --skip values to train')
@@ -265,8 +266,8 @@ def markdown(report):
              f"device {report['device']}. train s: wall seconds of main.py's training (as its train_log.jsonl "
              f"logged them for a run reused), whatever else the machine was running."]
     if 'classifier_accuracy_on_real' in report:
-        notes.append(f"Target-shape classifier on the real validation images: {report['classifier_accuracy_on_real']:.2f}"
-                     f" accuracy (the ceiling of the column).")
+        notes.append(f"Target-shape classifier on the real validation images: "
+                     f"{report['classifier_accuracy_on_real']:.2f} accuracy (the ceiling of the column).")
     if not report['imagenet_weights']:
         notes.append(f'FID, LPIPS diversity, LPIPS to source: {NOT_MEASURED}.')
     return '\n'.join(lines) + '\n\n' + '\n'.join(notes) + '\n'

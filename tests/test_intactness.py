@@ -10,7 +10,6 @@ from munch import Munch
 from PIL import Image
 
 import metrics.eval as E
-import metrics.fid as fid
 import metrics.intactness as I
 from core.align import LEFT_EYE, RIGHT_EYE
 from metrics.lpips import load_lpips
@@ -110,7 +109,8 @@ def test_eval_writes_intactness_for_every_task(tmp_path, monkeypatch, capsys, ra
         for d in ('a', 'b'):
             os.makedirs(tmp_path / split / d)
             for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / split / d / f'{i}.png')
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / d / f'{i}.png')
     args = Munch(img_size=32, num_domains=2, latent_dim=4, style_dim=8, w_hpf=0, skip='none', hpf_masks='fan',
                  eval_landmarks=True, wing_path=random_wing, val_batch_size=3, num_outs_per_domain=2, num_workers=0,
                  seed=1, train_img_dir=str(tmp_path / 'train'), val_img_dir=str(tmp_path / 'val'),

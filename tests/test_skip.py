@@ -165,7 +165,8 @@ def one_iteration_inputs(args, size, B):
     x = [torch.rand(B, 3, size, size, generator=g) * 2 - 1 for _ in range(3)]
     y = torch.arange(B) % args.num_domains
     return Munch(x_src=x[0], y_src=y, x_ref=x[1], x_ref2=x[2], y_ref=1 - y,
-                 z_trg=torch.randn(B, args.latent_dim, generator=g), z_trg2=torch.randn(B, args.latent_dim, generator=g))
+                 z_trg=torch.randn(B, args.latent_dim, generator=g),
+                 z_trg2=torch.randn(B, args.latent_dim, generator=g))
 
 
 def train_one_iteration(args, size, B):
