@@ -9,11 +9,12 @@ diversity against intactness and one grid of the three variants on the same sour
         --inception_weights inception_v3_google-0cc3c7bd.pth --lpips_alexnet_weights alexnet-owt-7be5be79.pth
 
 Every flag of main.py passes through (--preset, --total_iters, --img_size, --w_hpf, --device, ...). Without --data:
-the demo preset (core/config.py) on the demo data (core.demo_data.make_demo_dataset), with --w_hpf 1 and
---hpf_masks ones, because with w_hpf 0 hpf has no skip and equals none, and shapes have no faces for FAN masks: the
-hpf variant is then the reference's high-pass skip, unmasked. With --data (a folder with train/ and val/ domain
-folders) nothing is added: give the preset or flags of the setting (e.g. --preset celeba_hq: FAN masks, wing.ckpt).
-The three runs share the seed, so they see the same batches, latent codes and (tests/test_skip.py) initial weights.
+the demo preset (core/config.py) on the demo data (core.demo_data.make_demo_dataset). Its w_hpf is 0, where hpf has
+no skip and is the same network as none: hpf is trained once and reported for both. --w_hpf 1 --hpf_masks ones makes
+them differ on shapes (the high-pass skip unmasked; docs/skip_study.md: 300 iterations do not train that deeper,
+shortcut-less decoder). With --data (a folder with train/ and val/ domain folders) give the preset or flags of the
+setting (e.g. --preset celeba_hq: FAN masks, wing.ckpt). The runs share the seed, so they see the same batches,
+latent codes and (tests/test_skip.py) initial weights. A finished run is reused when its args.json agrees.
 
 Measures, per variant and mode (latent, reference), on the validation images, every src -> trg task:
 - FID, LPIPS diversity, LPIPS to source (and the FAN landmark shift for faces) from metrics/eval.py, when the
@@ -67,8 +68,8 @@ def parse(argv=None):
     if any(a.split('=')[0] in ('--mode', '--skip') for a in rest):
         p.error('--mode and --skip are set by the study (train, then each of --variants)')
     base = ['--mode', 'train']
-    if sargs.data is None:  # the demo, with the skips made to differ (module docstring)
-        base += ['--preset', 'demo', '--w_hpf', '1', '--hpf_masks', 'ones']
+    if sargs.data is None:
+        base += ['--preset', 'demo']
     return sargs, base + rest
 
 
@@ -80,12 +81,23 @@ def variant_args(sargs, argv, skip, data_root):
                               '--val_img_dir', os.path.join(data_root, 'val'), '--eval_every', '0'])
 
 
+# the flags that make a finished run the one asked for (a run is reused only when they all agree)
+RUN_KEYS = ('skip', 'w_hpf', 'hpf_masks', 'img_size', 'total_iters', 'seed', 'base_dim', 'max_conv_dim', 'hidden_dim',
+            'style_dim', 'latent_dim', 'batch_size', 'lr', 'f_lr', 'lambda_ds', 'ds_iter', 'ema_beta', 'train_img_dir')
+
+
 def train(args, retrain):
     """main.py's training (same seeds, loaders, checkpoints). Returns (wall seconds, trained now): for a run
     trained before, the seconds its train_log.jsonl last logged (None without a log)."""
     import main as cli
     final = os.path.join(args.checkpoint_dir, '%06d_state.ckpt' % args.total_iters)
     if os.path.exists(final) and not retrain:
+        with open(os.path.join(args.checkpoint_dir, 'args.json')) as f:
+            saved = json.load(f)
+        differ = [k for k in RUN_KEYS if saved.get(k) != args[k]]
+        if differ:
+            raise SystemExit(f'{args.checkpoint_dir} was trained with other flags ({", ".join(differ)}): '
+                             f'pass --retrain, or another --out')
         print(f'--skip {args.skip}: {final} exists, not training again (--retrain to do so)')
         log = os.path.join(args.checkpoint_dir, 'train_log.jsonl')
         if not os.path.exists(log):
@@ -255,7 +267,8 @@ def markdown(report):
     for r in rows:
         for mode in MODES:
             m = r['measures'][mode]
-            cells = [r['skip'], mode, f"{r['generator_parameters']:,}",
+            cells = [r['skip'] + (f" (= {r['same_as']}, w_hpf 0)" if r.get('same_as') else ''), mode,
+                     f"{r['generator_parameters']:,}",
                      '-' if r['train_s'] is None else f"{r['train_s']:.0f}"]
             for key, _, fmt in present:
                 v = m.get(key)
@@ -351,6 +364,12 @@ def main(argv=None):
     args = None
     for skip in sargs.variants:
         args = variant_args(sargs, argv, skip, data_root)
+        if skip == 'none' and args.w_hpf == 0 and 'hpf' in nets_by_variant:
+            # the same network as hpf (no skip in either), the same seed: the same training, bit for bit
+            # (tests/test_skip.py: same start, same forward); reported once more, not trained twice
+            nets_by_variant['none'] = nets_by_variant['hpf']
+            results.append(dict(results[[r['skip'] for r in results].index('hpf')], skip='none', same_as='hpf'))
+            continue
         train_s, trained_now = train(args, sargs.retrain)
         device = resolve_device(args.device)
         nets = load_ema(args, device)

@@ -67,13 +67,18 @@ def study(tmp_path_factory):
 def test_study_without_imagenet_weights(study):
     out, report = study
     assert [r['skip'] for r in report['results']] == ['hpf', 'unet', 'none']
-    assert not report['imagenet_weights'] and report['iterations'] == 2 and report['w_hpf'] == 1
+    assert not report['imagenet_weights'] and report['iterations'] == 2 and report['w_hpf'] == 0  # the demo's
     saved = json.loads((out / 'skip_study.json').read_text())
     assert saved['results'] == json.loads(json.dumps(report['results']))
-    for r in report['results']:
+    hpf, unet, none = report['results']
+    assert none['same_as'] == 'hpf' and none['measures'] == hpf['measures']  # w_hpf 0: one network, trained once
+    assert not (out / 'none').exists()
+    for r in (hpf, unet):
         run = out / r['skip'] / 'checkpoints'
         assert json.loads((run / 'args.json').read_text())['skip'] == r['skip']  # the variant is recorded
         assert (run / '000002_nets_ema.ckpt').exists() and r['train_s'] > 0 and r['trained_now']
+    assert hpf['measures'] != unet['measures']
+    for r in report['results']:
         for mode in ('latent', 'reference'):
             m = r['measures'][mode]
             assert m['FID'] == m['LPIPS_diversity'] == m['LPIPS_to_source'] == skip_study.NOT_MEASURED
@@ -83,6 +88,7 @@ def test_study_without_imagenet_weights(study):
     assert params['hpf'] == params['none'] < params['unet']
     md = (out / 'skip_study.md').read_text()
     assert 'not measured (no ImageNet weights)' in md and md.count('| unet |') == 2
+    assert md.count('| none (= hpf, w_hpf 0) |') == 2
     grid = Image.open(out / 'skip_study_grid.png')
     assert grid.size == (110 + 4 * 64, (2 + 2 * 3) * 64)  # 32-px tiles shown at 64
     assert Image.open(out / 'skip_study_scatter.png').size[0] > 400
@@ -93,7 +99,7 @@ def test_study_with_weights_reuses_the_runs(study, tmp_path, monkeypatch):
     paths = write_random_weights(str(tmp_path / 'w'), seed=2)
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty_home'))
     monkeypatch.setattr(E, 'frechet_distance', cheap_distance)  # scipy's 2048-d sqrtm: a minute on 2 cores
-    report = skip_study.main(['--out', str(out), '--figures_dir', str(tmp_path / 'fig'), '--variants', 'unet,none',
+    report = skip_study.main(['--out', str(out), '--figures_dir', str(tmp_path / 'fig'), '--variants', 'unet,hpf',
                               '--inception_weights', paths['inception'], '--lpips_alexnet_weights', paths['alexnet'],
                               '--no_save_eval_images'] + TINY)
     assert report['imagenet_weights'] and [r['trained_now'] for r in report['results']] == [False, False]
@@ -107,6 +113,18 @@ def test_study_with_weights_reuses_the_runs(study, tmp_path, monkeypatch):
             intact = json.loads((out / r['skip'] / 'eval' / f'INTACT_00002_{mode}.json').read_text())
             assert m['LPIPS_to_source'] == intact[f'LPIPS_to_source_{mode}/mean']
     assert 'not measured' not in (tmp_path / 'fig' / 'skip_study.md').read_text()
+
+
+def test_three_trainings_with_w_hpf_and_a_guard_on_reuse(study, tmp_path):
+    out, _ = study
+    with pytest.raises(SystemExit, match='other flags.*w_hpf'):  # the default's runs are not a w_hpf 1 study
+        skip_study.main(['--out', str(out), '--variants', 'hpf', '--w_hpf', '1', '--hpf_masks', 'ones'] + TINY)
+    make_demo_dataset(str(tmp_path / 'demo_data'), n_train=4, n_val=3, n_sample=1)
+    report = skip_study.main(['--out', str(tmp_path), '--w_hpf', '1', '--hpf_masks', 'ones'] + TINY)
+    assert report['w_hpf'] == 1 and all(r['trained_now'] and 'same_as' not in r for r in report['results'])
+    params = {r['skip']: r['generator_parameters'] for r in report['results']}
+    assert params['hpf'] == params['none'] < params['unet']
+    assert report['results'][0]['measures'] != report['results'][2]['measures']  # the unmasked skip matters
 
 
 def test_bad_flags_are_named():
