@@ -298,13 +298,19 @@ def scatter(report, fname):
                        'target-shape accuracy'))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     colours = dict(hpf='tab:blue', unet='tab:green', none='tab:red')
+    # a variant reported as another one's network (none = hpf at w_hpf 0) shares its point and label
+    names = {r['skip']: ' = '.join([r['skip']] + [o['skip'] for o in report['results'] if o.get('same_as') == r['skip']])
+             for r in report['results']}
     for ax, (xk, yk, xl, yl) in zip(axes[0], panels):
         for r in report['results']:
+            if r.get('same_as'):
+                continue
             for mode, marker in zip(MODES, ('o', 's')):
                 m = r['measures'][mode]
                 ax.scatter(m[xk], m[yk], c=colours[r['skip']], marker=marker, s=60,
-                           label=f"{r['skip']} ({mode})")
-                ax.annotate(r['skip'], (m[xk], m[yk]), textcoords='offset points', xytext=(5, 4), fontsize=8)
+                           label=f"{names[r['skip']]} ({mode})")
+                ax.annotate(names[r['skip']], (m[xk], m[yk]), textcoords='offset points', xytext=(5, 4),
+                            fontsize=8)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
