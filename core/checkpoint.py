@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
-_SHAPE_FLAGS = '--img_size, --num_domains, --w_hpf, --latent_dim, --style_dim (and --base_dim/--max_conv_dim/--hidden_dim)'
+_SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '
+                '(and --base_dim/--max_conv_dim/--hidden_dim)')
 
 
 def atomic_write(fname, write):
@@ -107,6 +108,10 @@ def load_into(module, state_dict, name, fname, strict=True):
             raise RuntimeError(f'{fname}: cannot restore "{name}": {e}. Was it saved with other flags ({_SHAPE_FLAGS})?') from e
         return
     own = module.state_dict()
+    saved_skip, built_skip = skip_variant(state_dict), skip_variant(own)
+    if saved_skip != built_skip:
+        raise RuntimeError(f'{fname}: "{name}" was saved with --skip {saved_skip}, but the network is built with '
+                           f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in state_dict.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
     if mismatched:
@@ -120,6 +125,15 @@ def load_into(module, state_dict, name, fname, strict=True):
             f'missing {result.missing_keys[:5]} ({len(result.missing_keys)}), '
             f'unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}). '
             f'Likely differing flags: {_SHAPE_FLAGS}.')
+
+
+def skip_variant(state_dict):
+    """The --skip variant a generator state dict belongs to: recorded by SkipVariantGenerator (unet, none); a state
+    dict without the record (the reference's, the authors' files) is hpf. Other networks: None."""
+    if not any(k.startswith('decode.') for k in state_dict):
+        return None
+    extra = state_dict.get('_extra_state')
+    return extra.get('skip', 'hpf') if isinstance(extra, dict) else 'hpf'
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ def get_parser():
     p.add_argument('--lambda_ds', type=float, default=1, help='Weight for diversity sensitive loss')
     p.add_argument('--ds_iter', type=int, default=100000, help='Number of iterations to optimize diversity sensitive loss')
     p.add_argument('--w_hpf', type=float, default=1, help='weight for high-pass filtering')
+    p.add_argument('--skip', type=str, default='hpf', choices=['hpf', 'unet', 'none'],
+                   help='Encoder-to-decoder skips of G: hpf (the reference: FAN-masked high-pass skips when w_hpf > 0), '
+                        'unet (a learned 1x1 conv of the encoder features at every resolution), none (no skip)')
+    p.add_argument('--hpf_masks', type=str, default='fan', choices=['fan', 'ones'],
+                   help='Masks of the high-pass skips (--skip hpf, w_hpf > 0): fan (the reference: FAN face heatmaps '
+                        'from --wing_path), ones (unmasked, for data without faces)')
 
     # training arguments
     p.add_argument('--randcrop_prob', type=float, default=0.5, help='Probabilty of using random-resized cropping')
@@ -110,6 +116,9 @@ def get_parser():
                    help='Inception-v3 weights file (default: torchvision cache under TORCH_HOME)')
     p.add_argument('--lpips_alexnet_weights', type=str, default=None,
                    help='AlexNet weights file for LPIPS (default: torchvision cache under TORCH_HOME)')
+    p.add_argument('--eval_landmarks', action='store_true',
+                   help='Also measure the FAN landmark displacement (source vs translation) when w_hpf is 0 '
+                        '(with w_hpf > 0 it is measured whenever --wing_path exists)')
     p.add_argument('--fid_cache_dir', type=str, default='expr/fid_cache',
                    help='Where the real-image Inception statistics are cached')
 

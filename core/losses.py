@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from munch import Munch
 
-from core.wing import get_masks
+from core.model import masks_of
 
 
 def adv_loss(logits, target):
@@ -89,7 +89,7 @@ def compute_g_loss(nets, args, x_real, y_org, y_trg, z_trgs=None, x_refs=None, m
     loss_ds = torch.mean(torch.abs(x_fake - x_fake2))
 
     # cycle-consistency loss
-    masks = get_masks(nets, args, x_fake)
+    masks = masks_of(nets, x_fake)
     s_org = nets.style_encoder(x_real, y_org)
     x_rec = nets.generator(x_fake, s_org, masks=masks)
     loss_cyc = torch.mean(torch.abs(x_rec - x_real))

@@ -7,7 +7,8 @@
 
 State-dict names and shapes follow ../shared/spec/state_dict_schema.json, so the authors' checkpoints load as they are.
 The only additions are optional keyword arguments for narrow networks (`dim_in`, `hidden_dim`); their defaults give
-the reference's widths.
+the reference's widths; and the generator variants of `--skip unet/none` (SkipVariantGenerator, docs/skip_study.md),
+which keep every shared name and shape.
 """
 import copy
 import math
@@ -179,7 +180,7 @@ class Generator(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The authors' released CelebA-HQ checkpoint predates the hpf.filter buffer: rebuild it from w_hpf.
         key = prefix + 'hpf.filter'
-        if self.w_hpf > 0 and key not in state_dict:
+        if self.w_hpf > 0 and 'hpf' in self._modules and key not in state_dict:
             state_dict[key] = HighPass.make_filter(self.w_hpf)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -197,6 +198,79 @@ class Generator(nn.Module):
                 mask = F.interpolate(mask, size=x.size(2), mode='bilinear')
                 x = x + self.hpf(mask * cache[x.size(2)])
         return self.to_rgb(x)
+
+
+SKIPS = ('hpf', 'unet', 'none')
+
+
+class SkipVariantGenerator(Generator):
+    """The generator of --skip unet / none: the reference's blocks and names (the depth and the decoder shortcuts
+    still follow w_hpf), only the encoder-to-decoder connection differs.
+
+    - none: no connection at all, whatever w_hpf (no high-pass skips, no FAN); masks are ignored.
+    - unet: at every resolution r the decoder upsamples to (r = 2·smallest ... img_size), the encoder's input feature
+      map of resolution r (the tensor entering the downsampling block of that size; from_rgb's output at full size)
+      goes through a learned 1x1 conv (no bias, C -> C, He init) and is added to the output of that decoder block:
+      x = (x + skip_conv[r](enc_r)) / √2 (unit variance, as the residual blocks). New parameters: skip_conv.{r}.weight.
+
+    The variant is saved in the state dict (`_extra_state` = {'skip': ...}), so that loading a file of another
+    variant is an error naming --skip; the hpf generator's state dict stays the reference's.
+    """
+
+    def __init__(self, img_size=256, style_dim=64, max_conv_dim=512, w_hpf=1, dim_in=None, skip='none'):
+        if skip not in ('unet', 'none'):
+            raise ValueError(f'--skip {skip}: SkipVariantGenerator builds unet or none (hpf is Generator)')
+        super().__init__(img_size, style_dim, max_conv_dim, w_hpf=w_hpf, dim_in=dim_in)
+        self.skip = skip
+        if 'hpf' in self._modules:
+            del self.hpf
+        if skip == 'unet':
+            # channels entering each downsampling block = channels leaving the decoder block of the same size
+            size, convs = img_size, {}
+            with torch.random.fork_rng(devices=[]):  # the RNG stream of the shared networks stays hpf's
+                for block in self.encode:
+                    if block.downsample:
+                        c = block.conv1.in_channels
+                        convs[str(size)] = nn.Conv2d(c, c, 1, 1, 0, bias=False)
+                        size //= 2
+            self.skip_conv = nn.ModuleDict(convs)
+
+    def get_extra_state(self):
+        return {'skip': self.skip}
+
+    def set_extra_state(self, state):
+        saved = state.get('skip') if isinstance(state, dict) else None
+        if saved != self.skip:
+            raise RuntimeError(f'generator saved with --skip {saved}, built with --skip {self.skip}')
+
+    def forward(self, x, s, masks=None):
+        x = self.from_rgb(x)
+        cache = {}
+        for block in self.encode:
+            if self.skip == 'unet' and block.downsample:
+                cache[x.size(2)] = x
+            x = block(x)
+        for block in self.decode:
+            x = block(x, s)
+            if self.skip == 'unet' and block.upsample:
+                x = (x + self.skip_conv[str(x.size(2))](cache[x.size(2)])) / math.sqrt(2)
+        return self.to_rgb(x)
+
+
+class UnitMasks(nn.Module):
+    """--hpf_masks ones: the high-pass skips unmasked (masks of ones), for data without faces; stands where the FAN
+    stands (get_heatmap), without its weights or cost."""
+
+    @torch.no_grad()
+    def get_heatmap(self, x):
+        ones = torch.ones(x.size(0), 1, x.size(2), x.size(3), dtype=x.dtype, device=x.device)
+        return ones, ones
+
+
+def masks_of(nets, x):
+    """The high-pass masks of x when the networks have a mask source (build_model adds one only for --skip hpf with
+    w_hpf > 0), else None."""
+    return nets.fan.get_heatmap(x) if 'fan' in nets else None
 
 
 class MappingNetwork(nn.Module):
@@ -266,26 +340,45 @@ def he_init(module):
             nn.init.constant_(module.bias, 0)
 
 
+def init_weights(net):
+    """He initialisation (he_init on every module, in the reference's order). The U-net's extra 1x1 convs draw from
+    a forked RNG, so that with the same seed every shared parameter, and the F, E, D initialised after G, start as in
+    the hpf network: the variants differ only in their skips."""
+    extra = set(net.skip_conv.modules()) if isinstance(net, SkipVariantGenerator) and net.skip == 'unet' else set()
+    net.apply(lambda m: None if m in extra else he_init(m))
+    if extra:
+        with torch.random.fork_rng(devices=[]):
+            net.skip_conv.apply(he_init)
+
+
 def build_model(args):
     """(nets, nets_ema) as Munch. G, F, E, D get He initialisation, then the EMA copies are taken (the reference
-    copies before initialising; see README, Differences). With w_hpf > 0 both hold the same FAN (eval mode)."""
+    copies before initialising; see README, Differences). With w_hpf > 0 and --skip hpf both hold the same FAN (eval
+    mode; a UnitMasks with --hpf_masks ones): the mask source; other --skip variants have none (masks_of gives None)."""
     from core.config import complete_args
     args = complete_args(args)  # a public entry point: args may come from the reference's own parser
     dim_in = args.base_dim or None
-    generator = Generator(args.img_size, args.style_dim, args.max_conv_dim, w_hpf=args.w_hpf, dim_in=dim_in)
+    if args.skip == 'hpf':
+        generator = Generator(args.img_size, args.style_dim, args.max_conv_dim, w_hpf=args.w_hpf, dim_in=dim_in)
+    else:
+        generator = SkipVariantGenerator(args.img_size, args.style_dim, args.max_conv_dim, w_hpf=args.w_hpf,
+                                         dim_in=dim_in, skip=args.skip)
     mapping_network = MappingNetwork(args.latent_dim, args.style_dim, args.num_domains, hidden_dim=args.hidden_dim)
     style_encoder = StyleEncoder(args.img_size, args.style_dim, args.num_domains, args.max_conv_dim, dim_in=dim_in)
     discriminator = Discriminator(args.img_size, args.num_domains, args.max_conv_dim, dim_in=dim_in)
     nets = Munch(generator=generator, mapping_network=mapping_network,
                  style_encoder=style_encoder, discriminator=discriminator)
     for net in nets.values():
-        net.apply(he_init)
+        init_weights(net)
     nets_ema = Munch(generator=copy.deepcopy(generator),
                      mapping_network=copy.deepcopy(mapping_network),
                      style_encoder=copy.deepcopy(style_encoder))
-    if args.w_hpf > 0:
+    if args.w_hpf > 0 and args.skip == 'hpf':
         from core.wing import FAN
-        fan = FAN(fname_pretrained=args.wing_path).eval()
+        if args.hpf_masks == 'ones':
+            fan = UnitMasks()
+        else:
+            fan = FAN(fname_pretrained=args.wing_path).eval()
         fan.requires_grad_(False)
         nets.fan = fan
         nets_ema.fan = fan

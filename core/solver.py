@@ -21,9 +21,8 @@ from core.data_loader import InputFetcher
 from core.distributed import all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
-from core.model import build_model
+from core.model import build_model, masks_of
 from core.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
-from core.wing import get_masks
 
 
 def every(period, step):
@@ -79,7 +78,7 @@ class Solver(nn.Module):
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
         if cudagraphs_enabled(args):  # a new iteration: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        masks = get_masks(nets, args, x_real)
+        masks = masks_of(nets, x_real)
 
         with self._autocast():
             d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks,

@@ -41,9 +41,8 @@ from core.checkpoint import load_into
 from core.ckpt_settings import infer_settings, read_nets_file
 from core.config import PRESET_DOMAINS, parse_args
 from core.data_loader import PHOTO_EXTENSIONS, DataError
-from core.model import build_model
+from core.model import build_model, masks_of
 from core.utils import average_style, denormalize
-from core.wing import get_masks
 
 SHEET_ROWS = 32      # rows per contact sheet (JPEG cannot be taller than 65,535 pixels)
 SHEET_STYLES = 32    # style columns shown on a contact sheet (the files hold them all)
@@ -253,7 +252,7 @@ class Translator:
     def translate(self, x, s_trg):
         """x (N, 3, S, S), s_trg (K, style_dim) -> (N, K, 3, S, S) in [-1, 1]: every image with every style."""
         x = x.to(self.device)
-        masks = get_masks(self.nets, self.args, x)  # once per batch: the masks depend on the source only
+        masks = masks_of(self.nets, x)  # once per batch: the masks depend on the source only
         N = x.size(0)
         out = [self.nets.generator(x, s[None].expand(N, -1), masks=masks) for s in s_trg]
         return torch.stack(out, dim=1).clamp_(-1, 1)

@@ -9,7 +9,7 @@ import os
 import torch
 import torchvision.utils as vutils
 
-from core.wing import get_masks
+from core.model import masks_of
 
 
 def denormalize(x):
@@ -32,9 +32,9 @@ def translate_and_reconstruct(nets, args, x_src, y_src, x_ref, y_ref, filename):
     """Rows: sources, references, translations with the reference styles, reconstructions."""
     N = x_src.size(0)
     s_ref = nets.style_encoder(x_ref, y_ref)
-    x_fake = nets.generator(x_src, s_ref, masks=get_masks(nets, args, x_src))
+    x_fake = nets.generator(x_src, s_ref, masks=masks_of(nets, x_src))
     s_src = nets.style_encoder(x_src, y_src)
-    x_rec = nets.generator(x_fake, s_src, masks=get_masks(nets, args, x_fake))
+    x_rec = nets.generator(x_fake, s_src, masks=masks_of(nets, x_fake))
     save_image(torch.cat([x_src, x_ref, x_fake, x_rec], dim=0), N, filename)
 
 
@@ -53,7 +53,7 @@ def translate_using_latent(nets, args, x_src, y_trg_list, z_trg_list, psi, filen
     N = x_src.size(0)
     latent_dim = z_trg_list[0].size(1)
     x_concat = [x_src]
-    masks = get_masks(nets, args, x_src)
+    masks = masks_of(nets, x_src)
     for y_trg in y_trg_list:
         s_avg = average_style(nets, y_trg[0], latent_dim, generator=generator).repeat(N, 1)
         for z_trg in z_trg_list:
@@ -67,7 +67,7 @@ def translate_using_reference(nets, args, x_src, x_ref, y_ref, filename):
     """A white tile, the sources along the top, the references down the first column, each translation in the grid."""
     N, C, H, W = x_src.size()
     wb = torch.ones(1, C, H, W, device=x_src.device, dtype=x_src.dtype)
-    masks = get_masks(nets, args, x_src)
+    masks = masks_of(nets, x_src)
     s_ref = nets.style_encoder(x_ref, y_ref)
     x_concat = [torch.cat([wb, x_src], dim=0)]
     for i in range(x_ref.size(0)):

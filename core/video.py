@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.model import masks_of
 from core.utils import average_style
-from core.wing import get_masks
 
 FPS = 30
 SLIDE_MARGIN = 32  # width of the blank strip right of the sliding reference panel (the reference's, at any size)
@@ -110,7 +110,7 @@ def ref_frames(nets, args, x_src, x_ref, y_ref):
     if not pairs:
         raise ValueError('video_ref needs two consecutive reference images of the same domain '
                          f'(got domains {[int(v) for v in y_ref]})')
-    masks = get_masks(nets, args, x_src)
+    masks = masks_of(nets, x_src)
     s_ref = nets.style_encoder(x_ref, y_ref)
     last = None
     for i, j in pairs:
@@ -131,7 +131,7 @@ def latent_frames(nets, args, x_src, y_list, z_list, psi, generator=None):
         raise ValueError(f'video_latent needs at least two latent codes per domain (got {len(z_list)})')
     device = x_src.device
     latent_dim = z_list[0].size(1)
-    masks = get_masks(nets, args, x_src)
+    masks = masks_of(nets, x_src)
     last = None
     for y_trg in y_list:
         y_trg = y_trg.to(device)

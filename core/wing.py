@@ -3,7 +3,6 @@
     fan = FAN(fname_pretrained='expr/checkpoints/wing.ckpt').to(device).eval()
     masks = fan.get_heatmap(x)      # x in [-1, 1] -> (mask_32, mask_64_128), each (N, 1, 256, 256) in [0, 1]
     landmarks = fan.get_landmark(x) # (N, 98, 2) in x's pixel coordinates (x, y)
-    masks = get_masks(nets, args, x)  # the generator's masks: the FAN's when args.w_hpf > 0, else None
 
     aligner = FaceAligner('expr/checkpoints/wing.ckpt', 'expr/checkpoints/celeba_lm_mean.npz', 256, device)
     x_aligned = aligner.align(x)    # (N, 3, H, W) in [-1, 1] -> (N, 3, 256, 256) in [-1, 1]
@@ -285,11 +284,6 @@ def get_preds_fromhm(hm):
     inside = ((px > 0) & (px < W - 1) & (py > 0) & (py < H - 1)).to(hm.dtype)
     preds = torch.stack([px + 1 + 0.25 * dx * inside, py + 1 + 0.25 * dy * inside], dim=2).to(hm.dtype)
     return preds - 0.5
-
-
-def get_masks(nets, args, x):
-    """The masks of the high-pass skips for images x: the FAN's heatmaps when args.w_hpf > 0, else None (no skips)."""
-    return nets.fan.get_heatmap(x) if args.w_hpf > 0 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """FID and LPIPS of a trained model, the reference's protocol (SPEC section 6), computed in one pass.
 
     calculate_metrics(nets_ema, args, step, mode='latent')      # then mode='reference'
-    # -> eval_dir/LPIPS_{step:05d}_{mode}.json, eval_dir/FID_{step:05d}_{mode}.json, eval_dir/{src}2{trg}/*.png
+    # -> eval_dir/LPIPS_{step:05d}_{mode}.json, eval_dir/FID_{step:05d}_{mode}.json, eval_dir/{src}2{trg}/*.png,
+    #    eval_dir/INTACT_{step:05d}_{mode}.json (ours: LPIPS to source, landmark shift; metrics/intactness.py)
     evaluate(nets_ema, args, step)                              # both modes, on rank 0 (--mode eval, eval_every)
     for i, x_src, x_fakes in task_outputs(nets_ema, args, mode, trg_idx, src_idx, styles): ...   # one task's images
 
@@ -37,9 +38,10 @@ from core import utils
 from core.config import complete_args
 from core.data_loader import DataError, get_eval_loader, seeded_generator
 from core.distributed import barrier, is_main_process
-from core.wing import get_masks
+from core.model import masks_of
 from metrics.fid import (feature_statistics, folder_statistics, frechet_distance, inception_inputs, load_inception,
                          to_uint8)
+from metrics.intactness import IntactnessMeter, landmark_fan, summary, with_means
 from metrics.lpips import calculate_lpips_given_images
 from metrics.weights import ALEXNET, INCEPTION, resolve_weights
 
@@ -137,14 +139,16 @@ def task_outputs(nets, args, mode, trg_idx, src_idx, styles):
         N = x_src.size(0)
         x_src = x_src.to(device)
         y_trg = torch.full((N,), trg_idx, dtype=torch.long, device=device)
-        masks = get_masks(nets, args, x_src)
+        masks = masks_of(nets, x_src)
         yield i, x_src, [nets.generator(x_src, styles(N, y_trg), masks=masks)
                          for _ in range(args.num_outs_per_domain)]
 
 
-def translate_task(nets, args, mode, trg_idx, src_idx, styles, inception, resize_pool, writer=None, path_fake=None):
+def translate_task(nets, args, mode, trg_idx, src_idx, styles, inception, resize_pool, writer=None, path_fake=None,
+                   intactness=None):
     """Generates the outputs of one task. Returns (LPIPS of each batch, Inception features (M, 2048) float64).
-    With a PngWriter, PNGs go to path_fake."""
+    With a PngWriter, PNGs go to path_fake; an IntactnessMeter (metrics/intactness.py) sees every batch of sources
+    with its outputs."""
     device = next(nets.generator.parameters()).device
     lpips_values, feats = [], []
     for i, x_src, group_of_images in task_outputs(nets, args, mode, trg_idx, src_idx, styles):
@@ -157,6 +161,8 @@ def translate_task(nets, args, mode, trg_idx, src_idx, styles, inception, resize
             # features stay on the device until the task ends, so the GPU runs ahead while PIL resizes the next batch
             feats.append(inception(inception_inputs(pixels, args.img_size, device, resize_pool)))
         lpips_values.append(calculate_lpips_given_images(group_of_images, args.lpips_alexnet_weights))
+        if intactness is not None:
+            intactness.update(x_src, group_of_images)
         if writer is not None:
             writer.wait(keep=4 * args.num_outs_per_domain)  # at most ~4 batches of images waiting to be written
     return lpips_values, torch.cat(feats).double().cpu().numpy()
@@ -189,7 +195,8 @@ def style_source(nets, args, mode, trg_idx):
 
 
 def _evaluate(nets, args, mode, domains, inception_path):
-    """(LPIPS per task, FID per task) as OrderedDicts, tasks in the reference's order (target-major)."""
+    """(LPIPS per task, FID per task, intactness per task) as OrderedDicts, tasks in the reference's order
+    (target-major)."""
     device = next(nets.generator.parameters()).device
     inception = load_inception(device, inception_path)
     real_stats = {}
@@ -197,7 +204,8 @@ def _evaluate(nets, args, mode, domains, inception_path):
         real_stats[trg] = folder_statistics(os.path.join(args.train_img_dir, trg), args.img_size, inception,
                                             inception_path, args.fid_cache_dir, args.val_batch_size, args.num_workers)
     save_images = not args.no_save_eval_images
-    lpips_dict, fake_stats = OrderedDict(), OrderedDict()
+    lpips_dict, fake_stats, intact_dict = OrderedDict(), OrderedDict(), OrderedDict()
+    meter = IntactnessMeter(device, args.lpips_alexnet_weights, landmark_fan(args, nets, device))
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as resize_pool, \
             PngWriter(args.num_workers if save_images else 0) as writer:
         for trg_idx, trg in enumerate(domains):
@@ -212,14 +220,16 @@ def _evaluate(nets, args, mode, domains, inception_path):
                     os.makedirs(path_fake)
                 print('Generating images and calculating LPIPS for %s...' % task)
                 lpips_values, feats = translate_task(nets, args, mode, trg_idx, src_idx, styles, inception,
-                                                     resize_pool, writer if save_images else None, path_fake)
+                                                     resize_pool, writer if save_images else None, path_fake,
+                                                     intactness=meter)
+                intact_dict.update(meter.pop_task(mode, task))
                 lpips_dict['LPIPS_%s/%s' % (mode, task)] = float(np.array(lpips_values).mean())
                 fake_stats[task] = trg, feature_statistics(feats)
     print('Calculating FID for all tasks...')
     fid_dict = OrderedDict()
     for task, (trg, stats) in fake_stats.items():
         fid_dict['FID_%s/%s' % (mode, task)] = frechet_distance(*real_stats[trg], *stats)
-    return lpips_dict, fid_dict
+    return lpips_dict, fid_dict, intact_dict
 
 
 @torch.no_grad()
@@ -236,7 +246,7 @@ def calculate_metrics(nets, args, step, mode, allow_tf32=False):
     print('Number of domains: %d' % len(domains))
     os.makedirs(args.eval_dir, exist_ok=True)
     with ieee_float32(not allow_tf32):
-        lpips_dict, fid_dict = _evaluate(nets, args, mode, domains, inception_path)
+        lpips_dict, fid_dict, intact_dict = _evaluate(nets, args, mode, domains, inception_path)
 
     for name, values in (('LPIPS', lpips_dict), ('FID', fid_dict)):
         mean = 0
@@ -244,6 +254,9 @@ def calculate_metrics(nets, args, step, mode, allow_tf32=False):
             mean += value / len(values)
         values['%s_%s/mean' % (name, mode)] = mean
         utils.save_json(values, os.path.join(args.eval_dir, '%s_%.5i_%s.json' % (name, step, mode)))
+    intact_dict = with_means(intact_dict, mode)
+    utils.save_json(intact_dict, os.path.join(args.eval_dir, 'INTACT_%.5i_%s.json' % (step, mode)))
+    print(summary(mode, lpips_dict, fid_dict, intact_dict))
     return lpips_dict, fid_dict
 
 

@@ -6,15 +6,18 @@ time >= max(FLOPs / peak FLOP/s, bytes / memory bandwidth) per call, summed per 
 
     python scripts/op_breakdown.py --preset afhq --batch_size 1 --device cpu      # ~1 min on 2 cores
     python scripts/op_breakdown.py --preset celeba_hq --device cuda --json ops.json
+    python scripts/op_breakdown.py --preset celeba_hq --img_size 512 --batch_size 1 --fake   # counts only, ~1.5 min
 
 Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hpf, ...). The iteration counted is
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
 element-wise work carries compared with the convolutions, and what a perfect kernel for each could reach; a profile
-(scripts/benchmark.py --profile) says what the kernels actually took. On a CPU, Adam runs one tensor at a time (about
-2,000 extra small calls); on CUDA it is multi-tensor (foreach).
+(scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the
+activation memory (bytes saved for backward, scripts/activation_memory.py) per image. On a CPU, Adam runs one tensor
+at a time (about 2,000 extra small calls); on CUDA it is multi-tensor (foreach).
 """
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -73,7 +76,7 @@ class OpCounter(TorchDispatchMode):
             return out
         seen, nbytes = set(), 0
         for t in list(_tensors(args)) + list(_tensors(kwargs)) + list(_tensors(out)):
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+            key = (t.untyped_storage()._cdata, t.storage_offset(), tuple(t.shape), t.dtype)  # works on fake tensors
             if key not in seen:
                 seen.add(key)
                 nbytes += t.numel() * t.element_size()
@@ -89,6 +92,23 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
+def to_fake(solver):
+    """Every parameter and buffer of the solver replaced by a fake tensor of the same shape (no data), the optimizer
+    steps by no-ops; returns the FakeTensorMode to run the iteration under."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    for m in solver.modules():
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = torch.nn.Parameter(mode.from_tensor(p.detach()), requires_grad=p.requires_grad)
+        for k, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[k] = mode.from_tensor(b)
+    for optim in solver.optims.values():
+        optim.step = lambda *a, **k: None
+    return mode
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False)
     p.add_argument('--peak_tflops', type=float, default=400.0,
@@ -96,12 +116,18 @@ def main(argv=None):
                         'convolution that runs well)')
     p.add_argument('--bandwidth_tbs', type=float, default=3.35, help='Memory bandwidth in TB/s (H100 SXM: 3.35)')
     p.add_argument('--json', type=str, default=None)
+    p.add_argument('--fake', action='store_true',
+                   help='Count without arithmetic (FakeTensorMode): any size in a minute or two on a CPU. The FLOPs, '
+                        'the activation memory and every row but "elementwise/other" equal the real iteration\'s '
+                        '(tests/test_activation_memory.py); that row also counts the fake mode\'s own copies, and the '
+                        'optimizer steps are left out (no FLOPs; their bytes missing)')
     bargs, rest = p.parse_known_args(argv)
     if not any(a == '--mode' or a.startswith('--mode=') for a in rest):
         rest = ['--mode', 'train'] + rest
     args = parse_args(rest)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from activation_memory import SavedTensorCounter
     from benchlib.workload import ensure_wing, new_solver, synthetic_inputs
     from core.distributed import resolve_device
     device = resolve_device(args.device)
@@ -109,12 +135,18 @@ def main(argv=None):
     try:
         args.checkpoint_dir = os.path.join(workdir, 'checkpoints')
         ensure_wing(args, workdir, [])
-        inputs = synthetic_inputs(args, device, args.seed)
         solver = new_solver(args, device)
-        solver.train_step(inputs, 0)
+        if bargs.fake:
+            mode = to_fake(solver)
+            with mode:
+                inputs = synthetic_inputs(args, device, args.seed)
+        else:
+            mode = contextlib.nullcontext()
+            inputs = synthetic_inputs(args, device, args.seed)
+            solver.train_step(inputs, 0)
         counter = OpCounter()
         counter.peak_flops, counter.bandwidth = bargs.peak_tflops * 1e12, bargs.bandwidth_tbs * 1e12
-        with counter:
+        with mode, counter, SavedTensorCounter() as saved:
             solver.train_step(inputs, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -128,9 +160,11 @@ def main(argv=None):
     total = dict(calls=sum(k['calls'] for k in by_kind.values()), flops=sum(k['flops'] for k in by_kind.values()),
                  bytes=sum(k['bytes'] for k in by_kind.values()), floor_s=sum(k['floor_s'] for k in by_kind.values()))
     report = dict(config=dict(preset=args.preset, img_size=args.img_size, batch_size=args.batch_size, w_hpf=args.w_hpf,
-                              device=str(device), torch=torch.__version__),
+                              skip=args.skip, device=str(device), torch=torch.__version__),
                   model=dict(peak_tflops=bargs.peak_tflops, bandwidth_tbs=bargs.bandwidth_tbs),
-                  total=total, by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]['floor_s'])))
+                  total=total, by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]['floor_s'])),
+                  activations=dict(saved_bytes_per_phase=saved.phases, peak_bytes=saved.peak),
+                  per_image=dict(flops=total['flops'] / args.batch_size, activation_bytes=saved.peak / args.batch_size))
     print(f"one iteration, {args.preset or 'custom'} setting, {args.img_size} px, batch {args.batch_size}, "
           f"w_hpf {args.w_hpf}, on {device}; floor at {bargs.peak_tflops:g} TFLOP/s, {bargs.bandwidth_tbs:g} TB/s",
           file=sys.stderr)
@@ -140,11 +174,15 @@ def main(argv=None):
               f"{k['floor_s'] * 1e3:>10.2f}{k['floor_s'] / total['floor_s']:>8.1%}", file=sys.stderr)
     print(f"{'total':<24}{total['calls']:>8}{total['flops'] / 1e9:>12.1f}{total['bytes'] / 1e9:>11.2f}"
           f"{total['floor_s'] * 1e3:>10.2f}", file=sys.stderr)
+    print(f"per image: {report['per_image']['flops'] / 1e9:.1f} GFLOP; activations saved for backward "
+          f"{report['per_image']['activation_bytes'] / 2 ** 20:.1f} MiB (largest of the 4 phases, "
+          f"scripts/activation_memory.py)", file=sys.stderr)
     if bargs.json:
         with open(bargs.json, 'w') as f:
             json.dump(report, f, indent=1)
     print(json.dumps(dict(total=total, by_kind={k: {f: v[f] for f in ('calls', 'flops', 'bytes', 'floor_s')}
-                                                for k, v in report['by_kind'].items()})))
+                                                for k, v in report['by_kind'].items()},
+                          per_image=report['per_image'])))
     return 0
 
 

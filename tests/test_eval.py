@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
                  max_conv_dim=32, val_batch_size=2, num_outs_per_domain=2, num_workers=0, seed=777,
                  train_img_dir=str(root / 'train'), val_img_dir=str(root / 'val'), eval_dir=str(root / 'out'),
                  fid_cache_dir=str(root / 'cache'), no_save_eval_images=False, inception_weights=None,
-                 lpips_alexnet_weights=None)
+                 lpips_alexnet_weights=None, skip='hpf', hpf_masks='fan', eval_landmarks=False, wing_path=None)
     torch.manual_seed(0)
     _, nets_ema = build_model(args)
     for net in nets_ema.values():
@@ -117,7 +117,8 @@ def test_reference_mode_is_reproducible_and_can_skip_the_pngs(setup, monkeypatch
     first = E.calculate_metrics(setup.nets, args, 7, 'reference')
     second = E.calculate_metrics(setup.nets, args, 7, 'reference')
     assert first == second
-    assert sorted(os.listdir(args.eval_dir)) == ['FID_00007_reference.json', 'LPIPS_00007_reference.json']
+    assert sorted(os.listdir(args.eval_dir)) == ['FID_00007_reference.json', 'INTACT_00007_reference.json',
+                                                 'LPIPS_00007_reference.json']
     assert list(first[0]) == ['LPIPS_reference/dog2cat', 'LPIPS_reference/cat2dog', 'LPIPS_reference/mean']
     third = E.calculate_metrics(setup.nets, Munch(args, seed=778), 7, 'reference')
     assert third[0] != first[0]  # the seed drives the shuffles
