@@ -19,7 +19,7 @@ PRESETS = {
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set generated on first use, narrow networks, minutes on a CPU
-    'demo': dict(img_size=64, num_domains=2, w_hpf=0, base_dim=8, max_conv_dim=32, hidden_dim=64, lambda_ds=1,
+    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
                  lr=1e-3, f_lr=1e-5, ema_beta=0.98,
                  batch_size=8, val_batch_size=8, total_iters=300, ds_iter=300, print_every=20, sample_every=100,
                  save_every=150, eval_every=0, num_workers=0, num_outs_per_domain=4,

@@ -256,6 +256,8 @@ class Solver(nn.Module):
                     if main and args.sample_every > 0 and step % args.sample_every == 0:
                         utils.debug_image(self.nets_ema, args, inputs=inputs_val, step=step)
                         logger.images(step)
+                        from core.plots import plot_losses  # the curves so far, beside the images (core/plots.py)
+                        plot_losses(logger.jsonl.name, os.path.join(args.sample_dir, 'losses.png'))
                     if is_save:
                         self._save_checkpoint(step)
                         last_saved = step
