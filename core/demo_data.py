@@ -27,9 +27,10 @@ MARKER = '.stargan_demo'  # written first: the folder is ours (its content says 
 COMPLETE = '.complete'    # written last: the set is whole
 SUPERSAMPLE = 4           # shapes drawn at 4x then downsampled: smooth edges at any size
 MIN_COLOUR_DISTANCE = 0.6  # between shape and background colour (Euclidean, RGB in [0, 1]): always separable
-# a disc fills pi/4 = 0.785 of its bounding box, a square all of it; the data measure 0.76-0.85 and 0.99-1 at 32 px
+# a disc fills pi/4 = 0.785 of its bounding box, a square all of it; the data measure 0.76-0.85 and 0.99-1 at 32 px,
+# 0.70-0.88 and 0.97-1 at 16 px
 FILL_THRESHOLD = (math.pi / 4 + 1) / 2  # 0.89: circle below, square above
-MIN_FILL = 0.7                          # below: neither shape (a blob, noise, a ring)
+MIN_FILL = 0.65                         # below: neither shape (a blob, noise, a ring)
 MIN_CONTRAST = 0.25                     # below: no shape at all (the data's contrast is >= 0.6)
 
 
@@ -37,17 +38,29 @@ class DemoDataError(DataError):
     """The demo would write into a folder that is not its own."""
 
 
-def draw_colours(rng):
-    """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart."""
+# the shape colours: saturated hues; the backgrounds: neutrals. A few distinct styles that a short training run can
+# tell apart and a person can name ("red on white"), rather than a continuum of muddy colours
+PALETTE_FG = ((230, 25, 25), (30, 170, 40), (30, 60, 230), (245, 200, 0), (200, 30, 200), (0, 190, 210),
+              (250, 120, 0), (120, 40, 160))
+PALETTE_BG = ((250, 250, 250), (20, 20, 20), (128, 128, 128))
+
+
+def draw_colours(rng, colours='palette'):
+    """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart: from the palettes above, or uniform over
+    RGB with colours='uniform'."""
     while True:
-        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        if colours == 'palette':
+            fg = np.array(PALETTE_FG[rng.integers(len(PALETTE_FG))])
+            bg = np.array(PALETTE_BG[rng.integers(len(PALETTE_BG))])
+        else:
+            fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         if np.linalg.norm((fg - bg) / 255.0) >= MIN_COLOUR_DISTANCE:
             return tuple(int(v) for v in fg), tuple(int(v) for v in bg)
 
 
-def draw_sample(rng, domain, size=32):
+def draw_sample(rng, domain, size=32, colours='palette'):
     """One image and what was drawn: Munch(domain, fg, bg (uint8 RGB), half_width (fraction of the image))."""
-    fg, bg = draw_colours(rng)
+    fg, bg = draw_colours(rng, colours)
     # a disc needs to be a little larger than a square to read as the same size
     half = rng.uniform(0.24, 0.34) * (1.08 if domain == 'circle' else 1.0)
     big = size * SUPERSAMPLE
@@ -79,11 +92,12 @@ def _check_target(root):
         f'folders, or train on your own data without --preset demo.')
 
 
-def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4):
+def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='palette'):
     """Writes root/{train,val,src,ref}/{circle,square}/NNNN.png and root/labels.json (what was drawn, per file)
     unless the same set is already complete; returns root. src/ref hold n_sample images per domain for
     --mode sample. Raises DemoDataError when root holds anything the demo did not write."""
-    settings = dict(n_train=n_train, n_val=n_val, size=size, seed=seed, n_sample=n_sample, version=2)
+    settings = dict(n_train=n_train, n_val=n_val, size=size, seed=seed, n_sample=n_sample, colours=colours,
+                    version=2)
     _check_target(root)
     marker, complete = os.path.join(root, MARKER), os.path.join(root, COMPLETE)
     if os.path.exists(complete) and os.path.exists(marker):
@@ -105,7 +119,7 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4):
                 if old.endswith('.png'):
                     os.remove(os.path.join(folder, old))
             for k in range(n):
-                img, meta = draw_sample(rng, domain, size)
+                img, meta = draw_sample(rng, domain, size, colours)
                 name = '%s/%s/%04d.png' % (split, domain, k)
                 img.save(os.path.join(root, name))
                 labels[name] = meta
@@ -127,7 +141,7 @@ def measure(x):
       hold at least 20% of the fullest row's (column's) mask pixels, so that stray pixels do not stretch it (a disc:
       pi/4 = 0.785, a square: 1; an empty mask: 0);
     - shape: the index into DOMAINS: 1 (square) where fill >= FILL_THRESHOLD (0.89), 0 (circle) where fill is in
-      [MIN_FILL, FILL_THRESHOLD) = [0.7, 0.89); -1 (neither) below 0.7 or where contrast < MIN_CONTRAST (0.25);
+      [MIN_FILL, FILL_THRESHOLD) = [0.65, 0.89); -1 (neither) below 0.65 or where contrast < MIN_CONTRAST (0.25);
     - contrast: the largest distance to bg (near 0 for a blank image, >= 0.6 for the data).
     Colours are RGB in [0, 1]."""
     img = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
