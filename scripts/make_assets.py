@@ -14,7 +14,6 @@ Writes (under 2 MB in all):
 assets/representative/ (the authors' images, scripts/download.sh representative-images) is git-ignored.
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -118,7 +117,7 @@ def main():
     enlarge(os.path.join(sample_dir, '%06d_latent_psi_1.0.jpg' % step), os.path.join(ASSETS, 'demo_latent.jpg'))
     from core.plots import plot_losses
     plot_losses(os.path.join(ckpt_dir, 'train_log.jsonl'), os.path.join(ASSETS, 'demo_losses.png'),
-                title=f'The quickstart\'s 14 loss terms and lambda_ds (python main.py --mode train --preset demo)')
+                title='The quickstart\'s 14 loss terms and lambda_ds (python main.py --mode train --preset demo)')
     print('wrote assets/demo_losses.png')
     score = os.path.join(ckpt_dir, 'demo_score_%06d.json' % step)
     if os.path.exists(score):

@@ -20,7 +20,8 @@ def draw(shape, fg, bg, size=32):
     img = Image.new('RGB', (size * 4, size * 4), tuple(int(255 * v) for v in bg))
     r = 0.3 * size * 4
     box = [size * 2 - r, size * 2 - r, size * 2 + r, size * 2 + r]
-    (ImageDraw.Draw(img).ellipse if shape == 0 else ImageDraw.Draw(img).rectangle)(box, fill=tuple(int(255 * v) for v in fg))
+    draw = ImageDraw.Draw(img)
+    (draw.ellipse if shape == 0 else draw.rectangle)(box, fill=tuple(int(255 * v) for v in fg))
     img = img.resize((size, size), Image.BOX)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1
 

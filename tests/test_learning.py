@@ -2,51 +2,63 @@
 same run with the discriminator's fake term of the wrong sign (a known failure of StarGAN v2 reimplementations,
 patched in here) does not. Both are asserted, so this test fails when learning is broken.
 
-    python -m pytest -q tests/test_learning.py        # about LEARNING_SECONDS on 2 idle CPU cores
+    STARGAN_SLOW_TESTS=1 python -m pytest -q tests/test_learning.py -s     # -s prints both scores
 
-The run goes through main.main with --preset demo (data drawn into a temporary folder, the score written as JSON
-beside the checkpoints by the demo's own hook), so it also checks that wiring.
+Not yet within the issue's 2-minute budget: at 400 iterations (about 2 minutes for both runs side by side on 2
+idle cores, estimated) the correct run was not reliably above the broken one (measured: domain accuracy 0.44 vs
+0.21, latent 0.38 vs 0.38), so the test trains as long as the demo (1,000 iterations, about 6 minutes) and runs
+only with STARGAN_SLOW_TESTS=1 until a faster-learning small variant is found.
+
+The two runs go side by side in two processes of one thread each (one per core of a 2-core machine). Each goes
+through main.main with --preset demo (data drawn into a temporary folder, the score written as JSON beside the
+checkpoints by the demo's own hook), so the test also checks that wiring.
 """
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import torch
 
-import core.losses
-from core.config import parse_args
-
-# a smaller demo: 16 px, narrow networks, short; what the test changes from the demo preset
-SMALL = dict(img_size=16, base_dim=8, max_conv_dim=32, hidden_dim=32, style_dim=16, latent_dim=8, total_iters=300,
-             ds_iter=300, print_every=50, sample_every=0, save_every=0, val_batch_size=8)
-LEARNED = 0.8      # domain accuracy the correct run must reach (chance 0.5, a generator keeping the source's shape 0)
-BROKEN = 0.3       # ... and that the broken run must stay below
-LEARNING_SECONDS = 120
+# the demo itself, without its debug images and checkpoints
+SMALL = dict(print_every=100, sample_every=0, save_every=0)
+# what the correct run must reach: well above a generator that keeps the source's shape (0) and above a coin flip
+# (0.5); the broken run must stay below
+LEARNED_LATENT, LEARNED_REFERENCE = 0.75, 0.6
+BROKEN = 0.45
 
 
-def run_demo(tmp_path, flip_fake_sign=False, monkeypatch=None):
+def run_demo(root, flip_fake_sign=False, **overrides):
+    """Trains the small demo under root; returns the score JSON written by main.py's demo hook."""
+    import torch
+
+    import core.losses
+    from core.config import parse_args
     from main import main
+    torch.set_num_threads(1)
     if flip_fake_sign:
         adv_loss = core.losses.adv_loss
 
         def wrong_sign(logits, target):
             # only the D loss uses target 0 (its fake term): -BCE(D(x_fake), 0) rewards D for calling fakes real
             return -adv_loss(logits, 0) if target == 0 else adv_loss(logits, target)
-        monkeypatch.setattr(core.losses, 'adv_loss', wrong_sign)
+        core.losses.adv_loss = wrong_sign  # a process of its own: nothing to restore
     args = parse_args(['--mode', 'train', '--preset', 'demo', '--device', 'cpu',
-                       '--train_img_dir', str(tmp_path / 'data' / 'train'),
-                       '--val_img_dir', str(tmp_path / 'data' / 'val'),
-                       '--checkpoint_dir', str(tmp_path / 'ckpt'), '--sample_dir', str(tmp_path / 'samples')])
-    args.update(SMALL)
-    torch.manual_seed(args.seed)
+                       '--train_img_dir', f'{root}/data/train', '--val_img_dir', f'{root}/data/val',
+                       '--checkpoint_dir', f'{root}/ckpt', '--sample_dir', f'{root}/samples'])
+    args.update(SMALL, **overrides)
     main(args)
-    return json.loads((tmp_path / 'ckpt' / ('demo_score_%06d.json' % args.total_iters)).read_text())
+    with open(f'{root}/ckpt/demo_score_{args.total_iters:06d}.json') as f:
+        return json.load(f)
 
 
-@pytest.mark.usefixtures('one_thread')
-def test_training_learns_and_a_flipped_fake_term_does_not(tmp_path, monkeypatch):
-    good = run_demo(tmp_path / 'good')
-    broken = run_demo(tmp_path / 'broken', flip_fake_sign=True, monkeypatch=monkeypatch)
-    print('correct loss:', good)
+@pytest.mark.skipif(not os.environ.get('STARGAN_SLOW_TESTS'), reason='about 6 minutes on 2 cores: STARGAN_SLOW_TESTS=1')
+def test_training_learns_and_a_flipped_fake_term_does_not(tmp_path):
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
+        good = pool.submit(run_demo, str(tmp_path / 'good'))
+        broken = pool.submit(run_demo, str(tmp_path / 'broken'), flip_fake_sign=True)
+        good, broken = good.result(), broken.result()
+    print('\ncorrect loss:', good)
     print('fake term of the wrong sign:', broken)
-    assert good['domain_accuracy'] >= LEARNED, good
-    assert broken['domain_accuracy'] <= BROKEN, broken
+    assert good['latent_domain_accuracy'] >= LEARNED_LATENT and good['domain_accuracy'] >= LEARNED_REFERENCE, good
+    assert broken['latent_domain_accuracy'] <= BROKEN and broken['domain_accuracy'] <= BROKEN, broken
