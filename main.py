@@ -37,11 +37,15 @@ def main(args):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
 
+    on_demo_data = False
     if args.preset == 'demo' and args.mode in ('train', 'sample', 'eval'):
-        from core.demo_data import make_demo_dataset
+        from core.demo_data import prepare_demo_data
         if dist_info.rank == 0:
-            make_demo_dataset(os.path.dirname(args.train_img_dir.rstrip('/')))
+            on_demo_data = prepare_demo_data(args.train_img_dir, args.val_img_dir, args.img_size)
         barrier()  # the other ranks read it next
+
+    from core.representative import check_representative
+    check_representative(args)  # the defaults name assets/representative/...: one message saying how to get them
 
     if args.mode == 'train':
         if args.batch_size % dist_info.world_size:
@@ -64,6 +68,9 @@ def main(args):
         if dist_info.rank == 0:
             save_config(args, os.path.join(args.checkpoint_dir, 'args.json'))
         solver.train(loaders)
+        if on_demo_data:  # rank 0 only: how well the demo translates, from what its data's generator knows
+            from core.demo_score import score_demo
+            score_demo(solver.nets_ema, args, device, step=args.total_iters)
     elif args.mode == 'sample':
         for flag, d in (('--src_dir', args.src_dir), ('--ref_dir', args.ref_dir)):
             if os.path.isdir(d) and len(subdirs(d)) != args.num_domains:

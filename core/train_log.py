@@ -103,7 +103,11 @@ class TrainLogger:
                 self.tb.add_scalar(k, v, step)
 
     def images(self, step):
-        """The debug images of a sample step, to TensorBoard."""
+        """At a sample step: the loss curves so far beside the debug images (sample_dir/losses.png, overwritten), so
+        that a run can be watched without TensorBoard; the images to TensorBoard when it is installed."""
+        from core.plots import plot_losses
+        self.jsonl.flush()
+        plot_losses(self.jsonl.name, os.path.join(self.args.sample_dir, 'losses.png'))
         if self.tb is None:
             return
         from PIL import Image

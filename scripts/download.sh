@@ -8,11 +8,13 @@
 #   bash scripts/download.sh pretrained-network-celeba-hq  # -> expr/checkpoints/celeba_hq/100000_nets_ema.ckpt
 #   bash scripts/download.sh pretrained-network-afhq       # -> expr/checkpoints/afhq/100000_nets_ema.ckpt
 #   bash scripts/download.sh wing                          # -> expr/checkpoints/wing.ckpt, celeba_lm_mean.npz
+#   bash scripts/download.sh representative-images         # -> assets/representative/{celeba_hq,afhq,custom}
 #
 # Paths are relative to the repository root, wherever the script is called from. A file already in place is kept
 # (delete it to download again). Each download goes to NAME.part and is renamed only when complete, so a failed
 # or interrupted download never leaves a truncated file under the final name. DRY_RUN=1 prints what would happen.
-# The datasets and networks are the authors' (CelebA-HQ: research use only; AFHQ and the networks: CC BY-NC 4.0).
+# The datasets and networks are the authors' (CelebA-HQ: research use only; AFHQ and the networks: CC BY-NC 4.0);
+# so are the representative images (the reference repository's assets/representative, CC BY-NC 4.0): git-ignored here.
 set -euo pipefail
 
 # The authors' Dropbox links, with dl=1 (the file itself rather than Dropbox's preview page).
@@ -23,6 +25,9 @@ URL_NETS_CELEBA_HQ='https://www.dropbox.com/s/96fmei6c93o8b8t/100000_nets_ema.ck
 URL_NETS_AFHQ='https://www.dropbox.com/s/etwm810v25h42sn/100000_nets_ema.ckpt?dl=1'
 URL_WING='https://www.dropbox.com/s/tjxpypwpt38926e/wing.ckpt?dl=1'
 URL_LM_MEAN='https://www.dropbox.com/s/91fth49gyb7xksk/celeba_lm_mean.npz?dl=1'
+# the reference repository, for its assets/representative folder (the sample images the defaults of sample/align name)
+URL_REFERENCE_GIT='https://github.com/clovaai/stargan-v2.git'
+URL_REFERENCE_ZIP='https://github.com/clovaai/stargan-v2/archive/refs/heads/master.zip'
 
 usage() {
     cat <<EOF
@@ -36,6 +41,8 @@ WHAT is one of:
   pretrained-network-afhq       the authors' AFHQ networks (EMA)           -> expr/checkpoints/afhq/100000_nets_ema.ckpt
   wing                          face landmark network and mean landmarks   -> expr/checkpoints/wing.ckpt,
                                 (needed by CelebA-HQ and --mode align)        expr/checkpoints/celeba_lm_mean.npz
+  representative-images         the authors' sample images (src/ref per     -> assets/representative
+                                domain, custom faces) for --mode sample/align
 EOF
 }
 
@@ -141,6 +148,51 @@ dataset() {
     unzip_to "data/$name.zip" "data/$name"
 }
 
+# representative: the reference repository's assets/representative into assets/representative, by a sparse git
+# checkout (only that folder's files are fetched) or, without git, from the repository's zip. Goes to a temporary
+# folder first and is moved into place only when complete.
+representative() {
+    local dest=assets/representative tmp=assets/representative.part
+    if [ -d "$dest/celeba_hq/src" ] && [ -d "$dest/afhq/src" ]; then
+        echo "$dest is already there (delete it to download it again)"
+        return 0
+    fi
+    echo "Downloading $dest"
+    echo "  from $URL_REFERENCE_GIT (assets/representative only)"
+    if [ "$DRY_RUN" = 1 ]; then
+        return 0
+    fi
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if command -v git >/dev/null 2>&1 && \
+        git clone -q --depth 1 --filter=blob:none --sparse "$URL_REFERENCE_GIT" "$tmp/repo" 2>"$tmp/log" && \
+        git -C "$tmp/repo" sparse-checkout set assets/representative 2>>"$tmp/log"; then
+        :
+    else
+        echo "  (git sparse checkout failed or git is missing; trying the zip $URL_REFERENCE_ZIP)"
+        rm -rf "$tmp/repo"
+        fetch "$URL_REFERENCE_ZIP" "$tmp/reference.zip"
+        python3 - "$tmp/reference.zip" "$tmp/repo" <<'PY' || { rm -rf "$tmp"; die "could not extract assets/representative from the zip"; }
+import sys, zipfile, os
+zf = zipfile.ZipFile(sys.argv[1])
+names = [n for n in zf.namelist() if '/assets/representative/' in n and not n.endswith('/')]
+if not names:
+    sys.exit('the zip has no assets/representative folder')
+for n in names:
+    rel = n.split('/', 1)[1]  # drop the archive's top folder (stargan-v2-master/)
+    out = os.path.join(sys.argv[2], rel)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with zf.open(n) as src, open(out, 'wb') as dst:
+        dst.write(src.read())
+PY
+    fi
+    [ -d "$tmp/repo/assets/representative/celeba_hq/src" ] || { rm -rf "$tmp"; die "the download has no assets/representative/celeba_hq/src"; }
+    rm -rf "$dest"
+    mv "$tmp/repo/assets/representative" "$dest"
+    rm -rf "$tmp"
+    echo "$dest: $(find "$dest" -type f | wc -l) files (the authors' images, CC BY-NC 4.0; git-ignored, not to be committed)"
+}
+
 if [ "$#" -ne 1 ]; then
     usage >&2
     exit 2
@@ -161,6 +213,8 @@ case "$1" in
     wing)
         fetch "$URL_WING" expr/checkpoints/wing.ckpt
         fetch "$URL_LM_MEAN" expr/checkpoints/celeba_lm_mean.npz ;;
+    representative-images)
+        representative ;;
     -h|--help)
         usage ;;
     *)

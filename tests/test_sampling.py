@@ -37,7 +37,8 @@ def test_images_only(trained, tmp_path):
     results, args = run_sample(trained, tmp_path, 'reference,latent')
     assert sorted(os.listdir(results)) == ['latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg',
                                            'reference.jpg']
-    S, n_src, n_ref = args.img_size, 6, 6  # 3 per domain in src/ and ref/
+    n_src, n_ref = (sum(len(files) for _, _, files in os.walk(d)) for d in (args.src_dir, args.ref_dir))
+    S = args.img_size
     assert Image.open(results / 'reference.jpg').size == ((n_src + 1) * S, (n_ref + 1) * S)
     rows = 1 + args.num_domains * args.num_outs_per_domain
     assert Image.open(results / 'latent_psi_0.7.jpg').size == (n_src * S, rows * S)
