@@ -206,7 +206,9 @@ def test_short_run_writes_log_images_and_checkpoints(tmp_path):
     train(args, 2)
     names = sorted(os.listdir(tmp_path / 'samples'))
     assert names == ['000002_cycle_consistency.jpg', '000002_latent_psi_0.5.jpg', '000002_latent_psi_0.7.jpg',
-                     '000002_latent_psi_1.0.jpg', '000002_reference.jpg']
+                     '000002_latent_psi_1.0.jpg', '000002_reference.jpg', 'losses.png']
+    with Image.open(tmp_path / 'samples' / 'losses.png') as im:  # the loss curves, beside the images
+        assert im.format == 'PNG' and im.size[0] > 400
     S, N = args.img_size, args.val_batch_size
     assert Image.open(tmp_path / 'samples' / '000002_cycle_consistency.jpg').size == (N * S, 4 * S)
     assert Image.open(tmp_path / 'samples' / '000002_reference.jpg').size == ((N + 1) * S, (N + 1) * S)
