@@ -3,7 +3,7 @@
 unet and none with the same seed and data, evaluates each, writes a table (Markdown and JSON), a scatter plot of
 diversity against intactness and one grid of the three variants on the same sources and styles.
 
-    python scripts/skip_study.py                                      # demo data, CPU, ~15 min on 2 idle cores
+    python scripts/skip_study.py                                      # demo data, CPU, ~8-15 min on 2 idle cores
     python scripts/skip_study.py --figures_dir docs/skip_study        # what docs/skip_study.md shows
     python scripts/skip_study.py --data data/celeba_hq --preset celeba_hq --total_iters 20000 --device cuda \\
         --inception_weights inception_v3_google-0cc3c7bd.pth --lpips_alexnet_weights alexnet-owt-7be5be79.pth
