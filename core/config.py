@@ -21,8 +21,9 @@ PRESETS = {
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py), narrow networks, minutes on
-    # a CPU. Tuned for a run short enough to watch: a high learning rate (F's 1/100 of it, as in the paper), a short
-    # EMA, no random crops (the shapes stay centred); see README, Quickstart
+    # a CPU: a high learning rate (F's 1/100 of it, as in the paper), a short EMA, no random crops (the shapes stay
+    # centred). Not yet tuned to its goal (README, Quickstart: the latent-guided translations reach the target shape,
+    # the reference-guided ones only about half of the time)
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=8, max_conv_dim=32, hidden_dim=64, lambda_ds=1,
                  lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0,
                  batch_size=8, val_batch_size=8, total_iters=1000, ds_iter=1000, print_every=20, sample_every=200,

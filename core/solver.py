@@ -18,7 +18,8 @@ from core import utils
 from core.checkpoint import RunCheckpoint, resolve_resume_step
 from core.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
 from core.data_loader import InputFetcher
-from core.distributed import all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process
+from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process,
+                              resolve_device)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
 from core.model import build_model, masks_of
@@ -46,9 +47,11 @@ class Solver(nn.Module):
     """skip_unused_grads=False computes the weight gradients of D (and E, F) in the G steps that the reference computes
     and throws away: the same results, more work (scripts/benchmark.py's reference_work mode)."""
 
-    def __init__(self, args, device, skip_unused_grads=True):
+    def __init__(self, args, device=None, skip_unused_grads=True):
         super().__init__()
-        self.args, self.device = args, torch.device(device)
+        # device: the caller's (main.py chooses it once); Solver(args) alone, the reference's signature, takes --device
+        self.args = args
+        self.device = resolve_device(args.device) if device is None else torch.device(device)
         self.skip_unused_grads = skip_unused_grads
         self.nets, self.nets_ema = build_model(args)
         for name, module in self.nets.items():  # children of the Solver, so that self.to(device) moves them all
