@@ -31,6 +31,8 @@ def main(args):
     device = dist_info.device  # chosen once, passed down
     if dist_info.rank == 0:
         print(summary(args, device))
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)

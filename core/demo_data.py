@@ -6,7 +6,8 @@ measurements its generator makes possible (what core/demo_score.py scores with).
 
 Domain = the shape: a disc or an axis-aligned square, centred, whose size varies a little (the "content" a
 translation keeps). Style = the colours: a shape colour and a background colour drawn far apart in RGB, which a
-trained generator should take from a reference image or draw from a latent code.
+trained generator should take from a reference image or draw from a latent code. Every image has a thin black frame
+(FRAME_FRACTION: why, there).
 
 The folder is written only where it cannot mix with someone's data: a folder that does not exist, an empty one, or
 one this function wrote before (it holds the marker file `.stargan_demo`); anything else is an error naming it.
@@ -26,6 +27,13 @@ DOMAINS = ('circle', 'square')
 MARKER = '.stargan_demo'  # written first: the folder is ours (its content says which settings drew it)
 COMPLETE = '.complete'    # written last: the set is whole
 SUPERSAMPLE = 4           # shapes drawn at 4x then downsampled: smooth edges at any size
+# Every image has a thin black frame (1 px at 32 px). Why: G ends in an instance norm (to_rgb), which removes each
+# channel's mean and scale; in a flat two-colour image every channel then takes one of two fixed values, so the
+# colours G can draw form a discrete set that a short training cannot search (it drew stray pixels and stripes to
+# shift the statistics, and one colour per domain). A third region of fixed colour gives every channel a level to
+# be measured against: autoencoding through the style code, the colour error after 900 steps fell from 0.11 to 0.04.
+FRAME_FRACTION = 1 / 32
+FRAME_COLOUR = (0, 0, 0)
 MIN_COLOUR_DISTANCE = 0.6  # between shape and background colour (Euclidean, RGB in [0, 1]): always separable
 # a disc fills pi/4 = 0.785 of its bounding box, a square all of it; the data measure 0.76-0.85 and 0.99-1 at 32 px,
 # 0.70-0.88 and 0.97-1 at 16 px
@@ -73,7 +81,13 @@ def draw_sample(rng, domain, size=32, colours='palette'):
     else:
         draw.rectangle(box, fill=fg)
     img = img.resize((size, size), Image.BOX)
+    ImageDraw.Draw(img).rectangle([0, 0, size - 1, size - 1], outline=FRAME_COLOUR, width=frame_width(size))
     return img, Munch(domain=domain, fg=fg, bg=bg, half_width=round(half, 4))
+
+
+def frame_width(size):
+    """The frame's width in pixels for an image of side size."""
+    return max(1, round(size * FRAME_FRACTION))
 
 
 def _check_target(root):
@@ -97,7 +111,7 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, 
     unless the same set is already complete; returns root. src/ref hold n_sample images per domain for
     --mode sample. Raises DemoDataError when root holds anything the demo did not write."""
     settings = dict(n_train=n_train, n_val=n_val, size=size, seed=seed, n_sample=n_sample, colours=colours,
-                    version=2)
+                    version=3)
     _check_target(root)
     marker, complete = os.path.join(root, MARKER), os.path.join(root, COMPLETE)
     if os.path.exists(complete) and os.path.exists(marker):
@@ -134,6 +148,7 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, 
 def measure(x):
     """What the generator of this data set knows, read back from images (N, 3, H, W) in [-1, 1]:
 
+    Everything is read inside the frame (frame_width pixels at each edge are left out):
     - bg: the background colour, the median of the four 2x2 corner patches (a shape never reaches the corners);
     - mask: the foreground, pixels farther from bg than half the largest such distance in the image;
     - fg: the shape colour, the median colour of the mask's pixels (bg where the mask is empty);
@@ -145,6 +160,8 @@ def measure(x):
     - contrast: the largest distance to bg (near 0 for a blank image, >= 0.6 for the data).
     Colours are RGB in [0, 1]."""
     img = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+    f = frame_width(img.size(2))
+    img = img[:, :, f:-f, f:-f]
     N, _, H, W = img.shape
     corners = torch.cat([img[:, :, :2, :2], img[:, :, :2, -2:], img[:, :, -2:, :2], img[:, :, -2:, -2:]],
                         dim=2).flatten(2)                                           # (N, 3, 16)

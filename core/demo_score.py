@@ -129,6 +129,8 @@ def main(argv=None):
     from core.model import build_model
     args = parse_args(['--mode', 'sample'] + list(argv if argv is not None else __import__('sys').argv[1:]))
     device = resolve_device(args.device)
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     step = args.resume_iter if args.resume_iter > 0 else find_latest_step(args.checkpoint_dir)
     _, nets_ema = build_model(args)
     nets = {k: v for k, v in nets_ema.items() if k != 'fan'}

@@ -6,7 +6,7 @@
 
 Writes (under 2 MB in all):
 - assets/demo_reference.jpg, assets/demo_latent.jpg: the quickstart's reference grid and latent grid (psi 1.0) at
-  its last step, enlarged 3x with nearest-neighbour so that the 32-px tiles can be seen;
+  its last step, enlarged with nearest-neighbour to 96-px tiles (6x the demo's 16 px) so that they can be seen;
 - assets/demo_losses.png: the 14 loss terms and lambda_ds over the quickstart, from its train_log.jsonl;
 - assets/demo_score.json: the quickstart's score (core/demo_score.py), the numbers the README quotes;
 - assets/speed_memory.png: seconds per iteration and peak GPU memory, the H100 figures measured in
@@ -23,7 +23,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 ASSETS = os.path.join(REPO, 'assets')
-SCALE = 3
+TILE = 96  # pixels of an enlarged tile
 
 
 def demo_args():
@@ -38,7 +38,7 @@ def run_demo(args):
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def enlarge(src, dst, scale=SCALE):
+def enlarge(src, dst, scale):
     from PIL import Image
     img = Image.open(src).convert('RGB')
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -113,8 +113,10 @@ def main():
     if not os.path.exists(final):
         sys.exit(f'{final} is missing: run `python main.py --mode train --preset demo` first (or drop --no_train)')
     os.makedirs(ASSETS, exist_ok=True)
-    enlarge(final, os.path.join(ASSETS, 'demo_reference.jpg'))
-    enlarge(os.path.join(sample_dir, '%06d_latent_psi_1.0.jpg' % step), os.path.join(ASSETS, 'demo_latent.jpg'))
+    scale = max(1, TILE // args.img_size)
+    enlarge(final, os.path.join(ASSETS, 'demo_reference.jpg'), scale)
+    enlarge(os.path.join(sample_dir, '%06d_latent_psi_1.0.jpg' % step), os.path.join(ASSETS, 'demo_latent.jpg'),
+            scale)
     from core.plots import plot_losses
     plot_losses(os.path.join(ckpt_dir, 'train_log.jsonl'), os.path.join(ASSETS, 'demo_losses.png'),
                 title='The quickstart\'s 14 loss terms and lambda_ds (python main.py --mode train --preset demo)')

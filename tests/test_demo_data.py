@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from core.data_loader import get_test_loader
-from core.demo_data import DOMAINS, DemoDataError, draw_sample, make_demo_dataset, measure, prepare_demo_data
+from core.demo_data import DOMAINS, frame_width, DemoDataError, draw_sample, make_demo_dataset, measure, prepare_demo_data
 
 
 @pytest.fixture(scope='module')
@@ -30,6 +30,10 @@ def test_measure_reads_back_what_was_drawn(demo):
     assert m.contrast.min() >= 0.6
 
 
+def test_frame_width_scales_with_the_image():
+    assert [frame_width(s) for s in (16, 32, 64, 128)] == [1, 1, 2, 4]
+
+
 def test_measure_rejects_what_is_neither_shape():
     flat = torch.zeros(2, 3, 32, 32)
     noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -46,6 +50,10 @@ def test_sizes_and_determinism(tmp_path):
     a, ma = draw_sample(np.random.default_rng(3), 'circle', 64)
     b, mb = draw_sample(np.random.default_rng(3), 'circle', 64)
     assert a.size == (64, 64) and a.tobytes() == b.tobytes() and ma == mb
+    px = np.asarray(a)
+    for edge in (px[:2], px[-2:], px[:, :2], px[:, -2:]):      # the black frame, 2 px at 64 px
+        assert (edge == 0).all()
+    assert (px[2:4, 2:4] == ma.bg).all()                        # the background just inside it
 
 
 def test_own_folder_is_reused_and_redrawn_for_other_settings(tmp_path):

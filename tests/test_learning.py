@@ -2,28 +2,24 @@
 same run with the discriminator's fake term of the wrong sign (a known failure of StarGAN v2 reimplementations,
 patched in here) does not. Both are asserted, so this test fails when learning is broken.
 
-    STARGAN_SLOW_TESTS=1 python -m pytest -q tests/test_learning.py -s     # -s prints both scores
+    python -m pytest -q tests/test_learning.py -s     # -s prints both scores
 
-Not yet within the issue's 2-minute budget: at 400 iterations (about 2 minutes for both runs side by side on 2
-idle cores, estimated) the correct run was not reliably above the broken one (measured: domain accuracy 0.44 vs
-0.21, latent 0.38 vs 0.38). At the demo's 1,000 iterations the latent-guided translations separate them (measured
-with the demo preset: latent domain accuracy 0.95 correct vs 0.30 broken; reference-guided 0.54 vs 0.44, which does
-not separate yet), so the test trains as long as the demo (about 6 minutes) and runs only with STARGAN_SLOW_TESTS=1
-until a faster-learning small variant is found.
+The demo preset itself, stopped after 400 of its 1,600 iterations; the two runs side by side, one thread each:
+about 100 s on 2 idle cores. Measured (2026-11-30): latent-guided domain accuracy 0.71 correct vs 0.40 with the
+fake term's sign flipped (reference-guided 0.58 vs 0.52, which does not separate this early; the broken run draws
+noise, so its "latent diversity" is the larger one, 0.50 vs 0.07).
 """
 import json
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 
-import pytest
 
-# the demo itself, without its debug images and checkpoints
-SMALL = dict(print_every=100, sample_every=0, save_every=0)
-# the latent-guided translations: the correct run well above a coin flip (0.5) and above a generator that keeps
-# the source's shape (0); the broken run no better than a coin flip. (Reference-guided accuracy is printed, not
-# asserted: it does not separate the two runs yet, see above.)
-LEARNED_LATENT = 0.75
+# the demo itself, shorter, without its debug images and checkpoints
+SMALL = dict(total_iters=400, print_every=100, sample_every=0, save_every=0)
+# the latent-guided translations: the correct run above a coin flip (0.5) and far above a generator that keeps the
+# source's shape (0); the broken run no better than a coin flip. (Reference-guided accuracy is printed, not asserted:
+# at 400 iterations it does not separate the two runs yet.)
+LEARNED_LATENT = 0.6
 BROKEN_LATENT = 0.5
 
 
@@ -51,7 +47,6 @@ def run_demo(root, flip_fake_sign=False, **overrides):
         return json.load(f)
 
 
-@pytest.mark.skipif(not os.environ.get('STARGAN_SLOW_TESTS'), reason='about 6 minutes on 2 cores: STARGAN_SLOW_TESTS=1')
 def test_training_learns_and_a_flipped_fake_term_does_not(tmp_path):
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn')) as pool:
         good = pool.submit(run_demo, str(tmp_path / 'good'))
