@@ -27,7 +27,7 @@ DOMAINS = ('circle', 'square')
 MARKER = '.stargan_demo'  # written first: the folder is ours (its content says which settings drew it)
 COMPLETE = '.complete'    # written last: the set is whole
 SUPERSAMPLE = 4           # shapes drawn at 4x then downsampled: smooth edges at any size
-# Every image has a thin black frame (1 px at 32 px). Why: G ends in an instance norm (to_rgb), which removes each
+# Every image has a thin black frame (1 px at 16 and 32 px). Why: G ends in an instance norm (to_rgb), which removes each
 # channel's mean and scale; in a flat two-colour image every channel then takes one of two fixed values, so the
 # colours G can draw form a discrete set that a short training cannot search (it drew stray pixels and stripes to
 # shift the statistics, and one colour per domain). A third region of fixed colour gives every channel a level to

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from core.data_loader import get_test_loader
-from core.demo_data import DOMAINS, frame_width, DemoDataError, draw_sample, make_demo_dataset, measure, prepare_demo_data
+from core.demo_data import (DOMAINS, DemoDataError, draw_sample, frame_width, make_demo_dataset, measure,
+                            prepare_demo_data)
 
 
 @pytest.fixture(scope='module')
