@@ -19,6 +19,7 @@ Settings that change any other shape (--img_size, --w_hpf, the widths) cannot be
 """
 import re
 
+from core.checkpoint import skip_variant
 from core.ckpt_settings import NetsFileError, check_settings, infer_settings, read_nets_file
 from core.distributed import is_main_process
 
@@ -80,6 +81,10 @@ def init_from(nets, nets_ema, args, fname=None):
     src = read_nets_file(fname)
     s = infer_settings(src)
     check_settings(s, args, fname)
+    skip = skip_variant(src['generator']) if 'generator' in src else args.skip
+    if skip != args.skip:
+        raise NetsFileError(f'--init_from: {fname} holds a --skip {skip} generator and this run builds --skip '
+                            f'{args.skip}; give --skip {skip}')
     names = (args.domains or '').split(',') if args.domains else [str(i) for i in range(args.num_domains)]
     kind = 'G, F, E and D' if s.has_discriminator else 'G, F, E (moving averages; no discriminator)'
     lines = [f'--init_from {fname}: {kind}, {s.num_domains} domains; this run has {args.num_domains} '

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from core.checkpoint import CheckpointIO  # noqa: E402
 from core.config import parse_args  # noqa: E402
+from core.demo_data import frame_width  # noqa: E402
 from core.model import build_model, masks_of  # noqa: E402
 from core.distributed import resolve_device  # noqa: E402
 
@@ -133,8 +134,11 @@ def val_images(args):
 def shape_geometry(x):
     """Demo images (B, 3, H, W) in [-1, 1] -> Munch-like dict: centre (B, 2) and size (B,) in pixels, is_square (B,)
     and found (B,): the shape is the set of pixels farther than half the largest distance from the background
-    colour (the median of the 1-pixel border); square or disc by the larger IoU with each of the same area/centre."""
-    x = (x.float().clamp(-1, 1) + 1) / 2
+    colour (the median of the 1-pixel border inside the data's frame); square or disc by the larger IoU with each of
+    the same area/centre. The frame and one frame width more are left out (a resized image blends the frame into the
+    pixels beside it; no shape comes that close to the edge)."""
+    f = 2 * frame_width(x.size(2))
+    x = (x[:, :, f:-f, f:-f].float().clamp(-1, 1) + 1) / 2
     B, _, H, W = x.shape
     border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (B, 3, 2W + 2H)
     dist = (x - border.median(dim=2).values[:, :, None, None]).norm(dim=1)                # (B, H, W)
@@ -152,7 +156,7 @@ def shape_geometry(x):
 
     def iou(a):
         return (mask & a).flatten(1).sum(1) / (mask | a).flatten(1).sum(1).clamp(min=1)
-    return dict(centre=torch.stack([cx, cy], 1), size=area.sqrt(), is_square=iou(square) > iou(disc),
+    return dict(centre=torch.stack([cx, cy], 1) + f, size=area.sqrt(), is_square=iou(square) > iou(disc),
                 found=peak > 0.15)
 
 

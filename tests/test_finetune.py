@@ -103,6 +103,18 @@ def test_impossible_mismatch_names_the_flag(tmp_path, flags, message):
         init_from(nets, ema, args, fname)
 
 
+def test_skip_variant_mismatch_names_skip(tmp_path):
+    fname, _ = save_file(tmp_path)                      # the reference's generator (--skip hpf)
+    args = tiny_args(skip='unet')
+    nets, ema = build_model(args)
+    with pytest.raises(NetsFileError, match=r'holds a --skip hpf generator and this run builds --skip unet; give --skip hpf'):
+        init_from(nets, ema, args, fname)
+    fname, _ = save_file(tmp_path / 'u', skip='unet')
+    nets, ema = build_model(tiny_args())                # hpf
+    with pytest.raises(NetsFileError, match=r'holds a --skip unet generator .* --skip hpf; give --skip unet'):
+        init_from(nets, ema, tiny_args(), fname)
+
+
 def test_high_pass_mismatch_names_w_hpf(tmp_path, random_wing):
     fname, file = save_file(tmp_path, w_hpf=1, wing_path=random_wing, img_size=64)
     args = tiny_args(img_size=64)  # w_hpf 0
