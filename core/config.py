@@ -21,10 +21,10 @@ PRESETS = {
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py) at 16 px, narrow networks,
-    # minutes on one CPU thread: a high learning rate (F's 1/100 of it, as in the paper, so that the latent styles keep
-    # their spread), a short EMA, no random crops (the shapes stay centred), the diversity weight of AFHQ (2) kept
-    # constant (the run is far shorter than ds_iter) and the cycle weight doubled (2): the style encoder learns the
-    # reference's colours within the run. README, Quickstart: what it reaches and how fast
+    # minutes on one CPU thread: a high learning rate (F's 1/100 of it, as in the paper, so that the latent styles
+    # keep their spread), a short EMA, no random crops (the shapes stay centred), the diversity weight of AFHQ (2)
+    # nearly constant (the paper's ds_iter, far longer than the run) and the cycle weight doubled (2): the style
+    # encoder learns the reference's colours within the run. README, Quickstart: what it reaches and how fast
     'demo': dict(img_size=16, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=2,
                  lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
                  batch_size=8, val_batch_size=8, total_iters=1600, print_every=20, sample_every=200,
