@@ -20,15 +20,17 @@ PRESETS = {
     'afhq': dict(img_size=256, num_domains=3, w_hpf=0, lambda_reg=1, lambda_sty=1, lambda_ds=2, lambda_cyc=1,
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
-    # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py) at 16 px, narrow networks,
-    # minutes on one CPU thread: a high learning rate (F's 1/100 of it, as in the paper, so that the latent styles
-    # keep their spread), a short EMA, no random crops (the shapes stay centred), the diversity weight of AFHQ (2)
-    # nearly constant (the paper's ds_iter, far longer than the run) and the cycle weight doubled (2): the style
-    # encoder learns the reference's colours within the run. README, Quickstart: what it reaches and how fast
-    'demo': dict(img_size=16, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=2,
+    # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py: squares and triangles at
+    # random places and sizes) at 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice
+    # the iterations of batch 8 in the same time: the shapes need iterations more than larger batches), a high
+    # learning rate (F's 1/100 of it, as in the paper, so that the latent styles keep their spread), a short EMA, no
+    # random crops (they would move and scale the content the score checks), the cycle weight doubled (2: the
+    # source's place and size kept) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than
+    # the run). docs/demo.md: what it reaches, how fast, and what else was tried
+    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
                  lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
-                 batch_size=8, val_batch_size=8, total_iters=1600, print_every=20, sample_every=200,
-                 save_every=800, eval_every=0, num_workers=0, num_outs_per_domain=4,
+                 batch_size=4, val_batch_size=8, total_iters=1200, print_every=20, sample_every=300,
+                 save_every=600, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',
@@ -36,7 +38,7 @@ PRESETS = {
 }
 
 # the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
-PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'circle,square'}
+PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'square,triangle'}
 
 # a mode's own defaults for flags shared with other modes (applied like a preset, before it)
 MODE_DEFAULTS = {'translate': dict(out_dir='expr/translated')}

@@ -1,6 +1,6 @@
 """The demo's score: how well the EMA networks translate the demo's validation images, measured with what the data's
-generator knows (core/demo_data.measure: the shape from the fill ratio of its bounding box, the colours from the
-corners and the foreground), no learned classifier.
+drawer knows (core/demo_data.measure: the kind of shape from the share of its bounding box it fills, its place and
+size from its edges, the colours from the border ring and the foreground), no learned classifier.
 
     scores = score_demo(nets_ema, args, device, step=300)  # prints them; writes checkpoint_dir/demo_score_000300.json
     python -m core.demo_score --preset demo --resume_iter 300  # the same for a saved checkpoint
@@ -19,6 +19,11 @@ the shape colour and the background colour):
   validation images (what colours that ignore the reference score; about 0.3).
 - style_error_to_source: the colour distance between each translation and its source (near style_error_chance
   when the colours come from the reference rather than the source).
+- content_error: how far each reference-guided translation's shape is from its source's: the distance between the
+  centres plus the difference of the half-widths, as fractions of the image side. 0: the source's place and size.
+  content_error_chance is what a generator that ignores its source scores: the same distance between each reference
+  and the sources it styles (the reference itself scored as the output). latent_content_error: the same for the
+  latent-guided translations.
 - latent_diversity: the mean colour distance between the translations of one source into one domain with the
   NUM_Z different latent codes, over all pairs. 0: every code gives the same colours (mode collapse); the data's own
   spread is style_error_chance.
@@ -30,9 +35,14 @@ import os
 import torch
 from munch import Munch
 
-from core.demo_data import DOMAINS, measure
+from core.demo_data import DOMAINS, content_distance, measure
 
 NUM_Z = 8
+
+
+def pick(m, index):
+    """The measurements (core.demo_data.measure) of the images at index (a list or a boolean mask)."""
+    return Munch(fg=m.fg[index], bg=m.bg[index], centre=m.centre[index], half_width=m.half_width[index])
 
 
 def colour_distance(a, b):
@@ -46,21 +56,23 @@ def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777):
     device = x_src.device
     m_src, m_ref = measure(x_src), measure(x_ref)
     s_ref = nets.style_encoder(x_ref, y_ref)
-    correct, err, err_src = [], [], []
+    correct, err, err_src, content, content_chance = [], [], [], [], []
     for j in range(x_ref.size(0)):
         keep = y_src != y_ref[j]
         if not keep.any():
             continue
         x = x_src[keep]
         x_fake = nets.generator(x, s_ref[j:j + 1].expand(x.size(0), -1))
-        m = measure(x_fake)
+        m, m_kept = measure(x_fake), pick(m_src, keep.cpu())
         correct.append(m.shape == int(y_ref[j]))
-        err.append(colour_distance(m, Munch(fg=m_ref.fg[j:j + 1], bg=m_ref.bg[j:j + 1])))
-        err_src.append(colour_distance(m, Munch(fg=m_src.fg[keep.cpu()], bg=m_src.bg[keep.cpu()])))
+        err.append(colour_distance(m, pick(m_ref, [j])))
+        err_src.append(colour_distance(m, m_kept))
+        content.append(content_distance(m, m_kept))
+        content_chance.append(content_distance(pick(m_ref, [j] * len(m_kept.fg)), m_kept))  # the reference as output
 
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(NUM_Z, latent_dim, generator=g).to(device)
-    latent_correct, diversity = [], []
+    latent_correct, latent_content, diversity = [], [], []
     num_domains = int(max(y_src.max(), y_ref.max())) + 1
     for i in range(x_src.size(0)):
         for y in range(num_domains):
@@ -70,18 +82,21 @@ def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777):
             x_fake = nets.generator(x_src[i:i + 1].expand(NUM_Z, -1, -1, -1), nets.mapping_network(z, y_trg))
             m = measure(x_fake)
             latent_correct.append(m.shape == y)
+            latent_content.append(content_distance(m, pick(m_src, [i] * NUM_Z)))
             a, b = zip(*itertools.combinations(range(NUM_Z), 2))
             a, b = list(a), list(b)
-            diversity.append(colour_distance(Munch(fg=m.fg[a], bg=m.bg[a]), Munch(fg=m.fg[b], bg=m.bg[b])))
+            diversity.append(colour_distance(pick(m, a), pick(m, b)))
 
     n = x_ref.size(0)
     a, b = zip(*itertools.combinations(range(n), 2))
     a, b = list(a), list(b)
-    chance = colour_distance(Munch(fg=m_ref.fg[a], bg=m_ref.bg[a]), Munch(fg=m_ref.fg[b], bg=m_ref.bg[b]))
+    chance = colour_distance(pick(m_ref, a), pick(m_ref, b))
     mean = lambda ts: float(torch.cat(ts).float().mean())  # noqa: E731
     return dict(domain_accuracy=mean(correct), latent_domain_accuracy=mean(latent_correct),
                 style_error=mean(err), style_error_chance=float(chance.mean()),
-                style_error_to_source=mean(err_src), latent_diversity=mean(diversity),
+                style_error_to_source=mean(err_src), content_error=mean(content),
+                content_error_chance=mean(content_chance), latent_content_error=mean(latent_content),
+                latent_diversity=mean(diversity),
                 num_reference_translations=int(torch.cat(correct).numel()),
                 num_latent_translations=int(torch.cat(latent_correct).numel()))
 
@@ -109,10 +124,11 @@ def score_demo(nets_ema, args, device, step=None, write=True):
             m.train(was_training[k])
     scores = dict(step=step, domains=list(DOMAINS[:args.num_domains]), **scores)
     print('Demo score%s: domain accuracy %.1f%% (latent %.1f%%; chance 50%%), style error %.3f (chance %.3f; '
-          'to the source %.3f), latent diversity %.3f' % (
+          'to the source %.3f), content error %.3f (latent %.3f; ignoring the source %.3f), latent diversity %.3f' % (
               '' if step is None else f' at step {step}', 100 * scores['domain_accuracy'],
               100 * scores['latent_domain_accuracy'], scores['style_error'], scores['style_error_chance'],
-              scores['style_error_to_source'], scores['latent_diversity']))
+              scores['style_error_to_source'], scores['content_error'], scores['latent_content_error'],
+              scores['content_error_chance'], scores['latent_diversity']))
     if write:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         fname = os.path.join(args.checkpoint_dir, 'demo_score_%06d.json' % (step or 0))

@@ -21,7 +21,7 @@ and skipped, and the exit code is then 1.
 The network's settings (img_size, widths, number of domains, high-pass path) are read from the checkpoint file
 itself, so the released files need no flags. Domain names come from --domains, else from args.json beside the
 checkpoint (training stores the data's folder names there; older runs: its training folders or preset), else from
---preset (celeba_hq: female,male; afhq: cat,dog,wild; demo: circle,square); an index (0, 1, ...) always works.
+--preset (celeba_hq: female,male; afhq: cat,dog,wild; demo: square,triangle); an index (0, 1, ...) always works.
 """
 import json
 import os

@@ -6,7 +6,7 @@
 
 Writes (under 2 MB in all):
 - assets/demo_reference.jpg, assets/demo_latent.jpg: the quickstart's reference grid and latent grid (psi 1.0) at
-  its last step, enlarged with nearest-neighbour to 96-px tiles (6x the demo's 16 px) so that they can be seen;
+  its last step, enlarged with nearest-neighbour to 96-px tiles (3x the demo's 32 px) so that they can be seen;
 - assets/demo_losses.png: the 14 loss terms and lambda_ds over the quickstart, from its train_log.jsonl;
 - assets/demo_score.json: the quickstart's score (core/demo_score.py), the numbers the README quotes;
 - assets/speed_memory.png: seconds per iteration and peak GPU memory, the H100 figures measured in

@@ -28,7 +28,6 @@ Measures, per variant and mode (latent, reference), on the validation images, ev
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -42,14 +41,13 @@ import torch  # noqa: E402
 
 from core.checkpoint import CheckpointIO  # noqa: E402
 from core.config import parse_args  # noqa: E402
-from core.demo_data import frame_width  # noqa: E402
+import core.demo_data as demo_data  # noqa: E402
 from core.model import build_model, masks_of  # noqa: E402
 from core.distributed import resolve_device  # noqa: E402
 
 VARIANTS = ('hpf', 'unet', 'none')
 MODES = ('latent', 'reference')
 NOT_MEASURED = 'not measured (no ImageNet weights)'
-SHAPE_DOMAINS = ('circle', 'square')  # core.demo_data.DOMAINS: the geometry measures apply
 
 
 def parse(argv=None):
@@ -132,32 +130,12 @@ def val_images(args):
 
 # ------------------------------------------------------------------------------------------------ weight-free measures
 def shape_geometry(x):
-    """Demo images (B, 3, H, W) in [-1, 1] -> Munch-like dict: centre (B, 2) and size (B,) in pixels, is_square (B,)
-    and found (B,): the shape is the set of pixels farther than half the largest distance from the background
-    colour (the median of the 1-pixel border inside the data's frame); square or disc by the larger IoU with each of
-    the same area/centre. The frame and one frame width more are left out (a resized image blends the frame into the
-    pixels beside it; no shape comes that close to the edge)."""
-    f = 2 * frame_width(x.size(2))
-    x = (x[:, :, f:-f, f:-f].float().clamp(-1, 1) + 1) / 2
-    B, _, H, W = x.shape
-    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (B, 3, 2W + 2H)
-    dist = (x - border.median(dim=2).values[:, :, None, None]).norm(dim=1)                # (B, H, W)
-    peak = dist.flatten(1).max(dim=1).values
-    mask = dist > 0.5 * peak[:, None, None]
-    area = mask.flatten(1).sum(1).float().clamp(min=1)
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32) + 0.5, torch.arange(W, dtype=torch.float32) + 0.5,
-                            indexing='ij')
-    cx = (mask * xx).flatten(1).sum(1) / area
-    cy = (mask * yy).flatten(1).sum(1) / area
-    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
-    disc = dx ** 2 + dy ** 2 <= (area / math.pi)[:, None, None]
-    half = (area.sqrt() / 2)[:, None, None]
-    square = (dx.abs() <= half) & (dy.abs() <= half)
-
-    def iou(a):
-        return (mask & a).flatten(1).sum(1) / (mask | a).flatten(1).sum(1).clamp(min=1)
-    return dict(centre=torch.stack([cx, cy], 1) + f, size=area.sqrt(), is_square=iou(square) > iou(disc),
-                found=peak > 0.15)
+    """Demo images (B, 3, H, W) in [-1, 1] -> dict: centre (B, 2) and size (B,, the bounding box's side) in pixels,
+    shape (B,, the index into core.demo_data.DOMAINS, -1 for neither) and found (B,), read by core.demo_data.measure
+    (the drawer's own measurements)."""
+    m = demo_data.measure(x)
+    side = x.size(2)
+    return dict(centre=m.centre * side, size=2 * m.half_width * side, shape=m.shape, found=m.shape >= 0)
 
 
 @torch.no_grad()
@@ -192,7 +170,7 @@ def pixel_measures(x, outs, trg=None):
             ok = g['found'] & src['found']
             shifts.append(((g['centre'] - src['centre']).norm(dim=1) / S)[ok])
             sizes.append((g['size'] / src['size'] - 1).abs()[ok])
-            correct.append((g['is_square'] == (trg == 'square')).float())
+            correct.append((g['shape'] == demo_data.DOMAINS.index(trg)).float())
             found.append(g['found'].float())
         m.update(centre_shift=torch.cat(shifts).mean().item(), size_change=torch.cat(sizes).mean().item(),
                  target_shape_accuracy=torch.cat(correct).mean().item(), shape_found=torch.cat(found).mean().item())
@@ -202,7 +180,7 @@ def pixel_measures(x, outs, trg=None):
 def weight_free(nets, args, xs, device):
     """{mode: {measure: mean over tasks}} of pixel_measures, with the same codes and references for every variant."""
     domains = list(xs)
-    shapes = tuple(domains) == SHAPE_DOMAINS
+    shapes = tuple(domains) == demo_data.DOMAINS
     result = {}
     for mode_id, mode in enumerate(MODES):
         per_task = []
@@ -221,7 +199,7 @@ def weight_free(nets, args, xs, device):
 
 def classifier_accuracy(xs):
     """The shape classifier on the real validation images (the ceiling of target_shape_accuracy)."""
-    right = [(shape_geometry(x)['is_square'] == (d == 'square')).float() for d, x in xs.items()]
+    right = [(shape_geometry(x)['shape'] == demo_data.DOMAINS.index(d)).float() for d, x in xs.items()]
     return torch.cat(right).mean().item()
 
 
@@ -401,7 +379,7 @@ def main(argv=None):
                   hpf_masks=args.hpf_masks, data='demo (core.demo_data)' if sargs.data is None else sargs.data,
                   device=str(device), torch_threads=torch.get_num_threads(), imagenet_weights=have_weights,
                   total_s=None, results=results)
-    if tuple(xs) == SHAPE_DOMAINS:
+    if tuple(xs) == demo_data.DOMAINS:
         report['classifier_accuracy_on_real'] = classifier_accuracy(xs)
     grid(nets_by_variant, xs, args, sargs.grid_sources, os.path.join(figures, 'skip_study_grid.png'), device)
     scatter(report, os.path.join(figures, 'skip_study_scatter.png'))

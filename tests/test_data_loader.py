@@ -76,7 +76,7 @@ def test_val_and_eval_loaders(demo):
     val = get_test_loader(os.path.join(demo, 'val'), img_size=32, batch_size=4, num_workers=0)
     x, y = next(iter(val))
     assert x.shape == (4, 3, 32, 32)
-    ev = get_eval_loader(os.path.join(demo, 'val', 'circle'), img_size=32, batch_size=2, num_workers=0)
+    ev = get_eval_loader(os.path.join(demo, 'val', 'square'), img_size=32, batch_size=2, num_workers=0)
     x = next(iter(ev))
     assert x.shape == (2, 3, 299, 299)
 
@@ -87,7 +87,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_wrong_number_of_domains(demo):
-    with pytest.raises(DataError, match=r'2 domain folders \(circle, square\) but --num_domains is 3'):
+    with pytest.raises(DataError, match=r'2 domain folders \(square, triangle\) but --num_domains is 3'):
         loader(demo, num_domains=3)
 
 

@@ -2,15 +2,15 @@
 weight-free measures, "not measured" for the rest) and with random weights saved to temp files (FID, LPIPS, LPIPS to
 source through metrics/eval.py); and its shape measures on hand-made images."""
 import json
-import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import metrics.eval as E
-from core.demo_data import make_demo_dataset
+from core.demo_data import DOMAINS, draw_shape, make_demo_dataset
 from scripts import skip_study
 from scripts.benchmark_eval import write_random_weights
 from test_eval import cheap_distance
@@ -21,26 +21,25 @@ TINY = ['--img_size', '32', '--base_dim', '4', '--max_conv_dim', '8', '--hidden_
         '--device', 'cpu', '--grid_sources', '4']
 
 
-def square_or_disc(kind, size=64, c=(30.0, 34.0), r=12.0, fg=(1.0, -0.5, 0.2), bg=(-0.8, 0.3, 0.9)):
-    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing='ij')
-    inside = ((xx - c[0]) ** 2 + (yy - c[1]) ** 2 <= r ** 2) if kind == 'circle' else \
-        ((xx - c[0]).abs() <= r) & ((yy - c[1]).abs() <= r)
-    return torch.where(inside, torch.tensor(fg)[:, None, None], torch.tensor(bg)[:, None, None])[None]
+def shape(domain, size=64, centre=(30.0, 34.0), half=12.0, fg=(255, 60, 150), bg=(30, 160, 240)):
+    """The demo drawer's own image of domain (a DOMAINS name), centre and half-width in pixels -> (1, 3, H, W)."""
+    img = draw_shape(domain, fg, bg, (centre[0] / size, centre[1] / size), half / size, size)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def test_shape_geometry_by_hand():
-    for kind, area in (('circle', math.pi * 12 ** 2), ('square', 24 ** 2)):
-        g = skip_study.shape_geometry(square_or_disc(kind))
-        assert g['found'].item() and g['is_square'].item() == (kind == 'square')
-        assert torch.allclose(g['centre'], torch.tensor([[30.0, 34.0]]), atol=0.3)
-        assert g['size'].item() == pytest.approx(math.sqrt(area), rel=0.03)
-    x = square_or_disc('circle')
-    moved = square_or_disc('square', c=(36.4, 34.0), r=6.0)  # 6.4 px right (a tenth of 64), a quarter of the side
-    m = skip_study.pixel_measures(x, [moved, moved], trg='square')
+    for k, domain in enumerate(DOMAINS):
+        g = skip_study.shape_geometry(shape(domain))
+        assert g['found'].item() and g['shape'].item() == k
+        assert torch.allclose(g['centre'], torch.tensor([[30.0, 34.0]]), atol=0.5)
+        assert g['size'].item() == pytest.approx(24, abs=1)
+    x = shape(DOMAINS[0])
+    moved = shape(DOMAINS[1], centre=(36.4, 34.0), half=6.0)  # 6.4 px right (a tenth of 64), half the size
+    m = skip_study.pixel_measures(x, [moved, moved], trg=DOMAINS[1])
     assert m['centre_shift'] == pytest.approx(0.1, abs=0.01)
-    assert m['size_change'] == pytest.approx(1 - 12 / (math.sqrt(math.pi) * 12), abs=0.03)
+    assert m['size_change'] == pytest.approx(0.5, abs=0.05)
     assert m['target_shape_accuracy'] == 1 and m['pixel_diversity'] == 0 and m['shape_found'] == 1
-    same = skip_study.pixel_measures(x, [x, x], trg='circle')
+    same = skip_study.pixel_measures(x, [x, x], trg=DOMAINS[0])
     assert same['pixel_l1_to_source'] == 0 and same['centre_shift'] == 0 and same['size_change'] == 0
 
 
@@ -49,7 +48,7 @@ def test_shape_classifier_on_the_demo_images(tmp_path):
     from core.data_loader import get_test_loader
     loader = get_test_loader(os.path.join(root, 'val'), img_size=64, batch_size=64, shuffle=False, num_workers=0)
     x, y = next(iter(loader))
-    accuracy = skip_study.classifier_accuracy({'circle': x[y == 0], 'square': x[y == 1]})
+    accuracy = skip_study.classifier_accuracy({d: x[y == k] for k, d in enumerate(DOMAINS)})
     assert accuracy >= 0.95
 
 
