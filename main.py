@@ -54,8 +54,11 @@ def main(args):
             raise SystemExit(f'--batch_size {args.batch_size} (global) must be divisible by the number of '
                              f'processes ({dist_info.world_size})')
         local_batch = args.batch_size // dist_info.world_size
-        solver = Solver(args, device)
         start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
+        if start == 0 and args.init_from:  # a file that cannot be used stops here, before the run writes anything
+            from core.finetune import read_init_file
+            read_init_file(args)
+        solver = Solver(args, device)
         common = dict(img_size=args.img_size, batch_size=local_batch, prob=args.randcrop_prob,
                       num_workers=args.num_workers, seed=args.seed, start_step=start, num_domains=args.num_domains,
                       skip_bad_images=args.skip_bad_images, rank=dist_info.rank, world_size=dist_info.world_size,

@@ -160,6 +160,12 @@ def get_parser():
                    help='--mode train: start G, F, E (and D if present) and their EMA copies from this '
                         '*_nets_ema.ckpt or *_nets.ckpt (fine-tuning; fresh optimisers at step 0)')
 
+    # network files (core/safe_load.py)
+    p.add_argument('--trust_pickle', action='store_true',
+                   help='Load network, state and wing.ckpt files that need full unpickling (weights_only=False): such '
+                        'a file can run any code when loaded; only for files from a source you trust. Without it, '
+                        'they stop with a message naming the file and what it would unpickle')
+
     # face alignment
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
     p.add_argument('--lm_path', type=str, default='expr/checkpoints/celeba_lm_mean.npz')

@@ -192,7 +192,7 @@ class Translator:
             args = parse_args(['--mode', 'translate'] + (['--preset', preset] if preset else []))
         args = Munch(args, **flags)
         fname = resolve_checkpoint(checkpoint, step)
-        state = read_nets_file(fname, flag='--checkpoint_dir')
+        state = read_nets_file(fname, flag='--checkpoint_dir', trust_pickle=args.trust_pickle)
         args = with_file_settings(args, state)
         names, _ = domain_names(args, fname)
         return cls(state, args, names, device, fname)
@@ -228,7 +228,8 @@ class Translator:
     def aligner(self):
         if self._aligner is None:
             from core.wing import FaceAligner
-            self._aligner = FaceAligner(self.args.wing_path, self.args.lm_path, self.args.img_size, self.device)
+            self._aligner = FaceAligner(self.args.wing_path, self.args.lm_path, self.args.img_size, self.device,
+                                        trust_pickle=self.args.trust_pickle)
         return self._aligner
 
     def prepare(self, image, align=False):
@@ -362,7 +363,7 @@ def translate_cli(args, device):
     if args.num_styles < 1:
         raise TranslateError(f'--num_styles must be at least 1 (got {args.num_styles})')
     fname = resolve_checkpoint(args.checkpoint_dir, args.resume_iter)
-    state = read_nets_file(fname, flag='--checkpoint_dir')
+    state = read_nets_file(fname, flag='--checkpoint_dir', trust_pickle=args.trust_pickle)
     args = with_file_settings(args, state)
     names, source = domain_names(args, fname)
     y = domain_index(args.trg_domain, names, source)  # an unknown name stops here, before any work
