@@ -1,9 +1,10 @@
-"""StarGAN v2: train, sample, evaluate, align.
+"""StarGAN v2: train, sample, evaluate, align, translate, export.
 
     python main.py --mode train --preset demo                  # the quickstart: synthetic data, CPU, minutes
     python main.py --mode train --preset celeba_hq             # the paper's CelebA-HQ setting (data/celeba_hq)
     python main.py --mode sample --resume_iter 100000 --checkpoint_dir expr/checkpoints/celeba_hq
     torchrun --nproc_per_node 4 main.py --mode train ...       # one process per GPU
+    python main.py --mode export --to onnx --checkpoint_dir expr/checkpoints/celeba_hq   # docs/deploy.md
 """
 import os
 import random
@@ -96,6 +97,9 @@ def main(args):
     elif args.mode == 'translate':
         from core.translate import translate_cli
         code = translate_cli(args, device)  # 1 when some input was skipped
+    elif args.mode == 'export':
+        from core.export import export_cli
+        export_cli(args)
     cleanup()
     return code
 

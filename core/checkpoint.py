@@ -2,7 +2,8 @@
 
     ckptio = CheckpointIO('expr/checkpoints/{:06d}_nets_ema.ckpt', generator=g, mapping_network=f, style_encoder=e)
     ckptio.save(step)   # atomic: written to a temp file in the same folder, then renamed
-    ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`
+    ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`;
+                        # without {step}_nets_ema.ckpt, the {step}_nets_ema.safetensors of --mode export
 
 Files are read with torch.load(weights_only=True) (core/safe_load.py): one that would run code when unpickled stops
 with a message naming it, unless trust_pickle (--trust_pickle).
@@ -15,12 +16,13 @@ Anything with state_dict()/load_state_dict() can be registered (networks, optimi
 """
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
 import torch
 
-from core.safe_load import NetworkFileError, load_torch_file
+from core.safe_load import NetworkFileError, load_torch_file, read_network_file
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '
@@ -98,12 +100,15 @@ class CheckpointIO:
 
     def load(self, step, strict=True):
         fname = self.fname(step)
+        exported = re.sub(r'\.ckpt$', '.safetensors', fname)  # --mode export's copy, read where there is no .ckpt
+        if not os.path.exists(fname) and exported != fname and os.path.exists(exported):
+            fname = exported
         if not os.path.exists(fname):
             folder = os.path.dirname(fname) or '.'
             have = sorted(f for f in os.listdir(folder) if f.endswith('.ckpt')) if os.path.isdir(folder) else []
             hint = f' Checkpoints in {folder}: {", ".join(have[:8])}' if have else f' {folder} has no checkpoints.'
             raise FileNotFoundError(f'Checkpoint not found: {fname} (check --resume_iter and --checkpoint_dir).{hint}')
-        module_dict = load_torch_file(fname, self.flag, self.trust_pickle)
+        module_dict = read_network_file(fname, self.flag, self.trust_pickle)
         for name, module in self.module_dict.items():
             if not isinstance(module_dict, dict) or name not in module_dict:
                 have = ', '.join(map(str, module_dict)) if isinstance(module_dict, dict) else type(module_dict).__name__

@@ -16,7 +16,7 @@ import re
 from munch import Munch
 
 from core.checkpoint import strip_module_prefix
-from core.safe_load import NetworkFileError, load_torch_file
+from core.safe_load import NetworkFileError, read_network_file
 
 NETS = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
 
@@ -26,15 +26,19 @@ class NetsFileError(NetworkFileError):
 
 
 def read_nets_file(fname, flag='--init_from', trust_pickle=False):
-    """The networks of a *_nets.ckpt / *_nets_ema.ckpt as name -> state_dict (`module.` prefixes and `fan` dropped).
-    Read with weights_only=True: a file that needs full unpickling is an error unless trust_pickle."""
+    """The networks of a *_nets.ckpt / *_nets_ema.ckpt / *_nets_ema.safetensors as name -> state_dict (`module.`
+    prefixes and `fan` dropped). Read with weights_only=True: a file that needs full unpickling is an error unless
+    trust_pickle."""
     if not os.path.isfile(fname):
         raise FileNotFoundError(f'{flag}: network file not found: {fname}')
-    raw = load_torch_file(fname, flag, trust_pickle)
+    raw = read_network_file(fname, flag, trust_pickle)
     if not isinstance(raw, dict) or not {'generator', 'mapping_network', 'style_encoder'} <= set(raw):
-        have = ', '.join(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise NetsFileError(f'{flag}: {fname} is not a StarGAN v2 network file (a *_nets.ckpt or *_nets_ema.ckpt with '
-                         f'generator, mapping_network and style_encoder); it holds: {have}')
+        keys = list(map(str, raw)) if isinstance(raw, dict) else []
+        have = ', '.join(keys[:8]) + (f' ... ({len(keys)} entries)' if len(keys) > 8 else '') if keys else (
+            'no entries' if isinstance(raw, dict) else type(raw).__name__)
+        raise NetsFileError(f'{flag}: {fname} is not a StarGAN v2 network file (a *_nets.ckpt, *_nets_ema.ckpt or '
+                            f'*_nets_ema.safetensors with generator, mapping_network and style_encoder); it holds: '
+                            f'{have}')
     return {k: strip_module_prefix(v) for k, v in raw.items() if k in NETS}
 
 

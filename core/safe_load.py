@@ -1,13 +1,20 @@
 """Reading network files without running code from them.
 
     state = load_torch_file(fname, '--init_from', trust_pickle=args.trust_pickle)   # torch.load, weights_only=True
+    nets = read_network_file(fname, '--init_from', args.trust_pickle)   # a *.ckpt or a *.safetensors (core/export.py)
+    meta = file_metadata(fname)   # a .safetensors file's settings and domain names ({} for a .ckpt)
 
 torch.load unpickles, and a pickle may name any Python callable, which a full unpickler calls: a checkpoint from a
 forum or a shared drive could run any code. What this project's files hold (state_dicts, optimiser states, our
 state file, wing.ckpt, the ImageNet weights: tensors, dicts, lists, tuples, numbers, strings) needs no callable, and
 `weights_only=True` loads exactly that. A file that names anything else stops with UnsafeFileError: the file, the
 names it would call, and --trust_pickle, which reads it in full (only for files from a source one trusts).
+
+A `*_nets_ema.safetensors` (written by `--mode export --to safetensors`) holds tensors only, by construction: keys
+`<network>.<state_dict key>`, and in its metadata (strings) the settings, the domain names and the few non-tensor
+state entries (the --skip variant's `_extra_state`) as JSON.
 """
+import json
 import os
 import pickle
 import re
@@ -82,3 +89,62 @@ def load_torch_file(fname, flag, trust_pickle=False, allowed=()):
         return torch.load(fname, map_location='cpu', weights_only=False)
     except Exception as e:
         raise NetworkFileError(f'{flag}: cannot read {fname} ({_reason(e)})') from e
+
+
+# --------------------------------------------------------------------------------------------------------- safetensors
+
+SAFETENSORS_FORMAT = 'stargan-v2 networks'  # metadata['format'] of the files core/export.py writes
+
+
+def is_safetensors(fname):
+    return str(fname).endswith('.safetensors')
+
+
+def read_safetensors(fname, flag):
+    """(name -> state_dict, metadata) of a .safetensors network file."""
+    from safetensors import safe_open
+    if not os.path.isfile(fname):
+        raise FileNotFoundError(f'{flag}: no such file: {fname}')
+    try:
+        with safe_open(fname, framework='pt', device='cpu') as f:
+            meta = dict(f.metadata() or {})
+            nets = {}
+            for key in f.keys():
+                net, _, name = key.partition('.')
+                nets.setdefault(net, {})[name] = f.get_tensor(key)
+    except Exception as e:  # SafetensorError: not a safetensors file, a truncated one, a damaged header
+        raise NetworkFileError(f'{flag}: cannot read {fname}: not a safetensors file, or truncated ({_reason(e)})') from None
+    try:
+        extra = json.loads(meta.get('extra_state', '{}'))
+    except ValueError as e:
+        raise NetworkFileError(f'{flag}: {fname}: its metadata "extra_state" is not JSON ({e})') from None
+    for net, state in extra.items():
+        nets.setdefault(net, {})['_extra_state'] = state
+    return nets, meta
+
+
+def read_network_file(fname, flag, trust_pickle=False):
+    """What a network file holds (name -> state_dict for the networks' files): a .safetensors file's tensors, else
+    torch.load with weights_only=True (load_torch_file)."""
+    if is_safetensors(fname):
+        return read_safetensors(fname, flag)[0]
+    return load_torch_file(fname, flag, trust_pickle)
+
+
+def file_metadata(fname):
+    """The metadata of a .safetensors network file, its JSON values decoded (settings, domains); {} for others."""
+    if not is_safetensors(fname) or not os.path.isfile(fname):
+        return {}
+    from safetensors import safe_open
+    try:
+        with safe_open(fname, framework='pt', device='cpu') as f:
+            meta = dict(f.metadata() or {})
+    except Exception:  # reading the tensors reports it, naming the flag
+        return {}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
