@@ -109,11 +109,12 @@ class CheckpointIO:
             hint = f' Checkpoints in {folder}: {", ".join(have[:8])}' if have else f' {folder} has no checkpoints.'
             raise FileNotFoundError(f'Checkpoint not found: {fname} (check --resume_iter and --checkpoint_dir).{hint}')
         module_dict = read_network_file(fname, self.flag, self.trust_pickle)
-        for name, module in self.module_dict.items():
+        for name in self.module_dict:  # every entry checked before any is loaded
             if not isinstance(module_dict, dict) or name not in module_dict:
                 have = ', '.join(map(str, module_dict)) if isinstance(module_dict, dict) else type(module_dict).__name__
                 raise MissingEntryError(f'{self.flag}: {fname} has no entry "{name}" (it has: {have}): is it a '
                                         f'checkpoint of this kind (*_nets, *_nets_ema, *_optims.ckpt)?')
+        for name, module in self.module_dict.items():
             load_into(unwrap(module), strip_module_prefix(module_dict[name]), name, fname, strict=strict)
         return fname
 
@@ -129,7 +130,7 @@ def load_into(module, state_dict, name, fname, strict=True):
         return
     own = module.state_dict()
     saved_skip, built_skip = skip_variant(state_dict), skip_variant(own)
-    if saved_skip != built_skip:
+    if saved_skip is not None and saved_skip != built_skip:  # None: not a generator's state (the keys tell below)
         raise NetworkFileError(f'{fname}: "{name}" was saved with --skip {saved_skip}, but the network is built with '
                            f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
