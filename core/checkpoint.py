@@ -132,7 +132,7 @@ def load_into(module, state_dict, name, fname, strict=True):
     saved_skip, built_skip = skip_variant(state_dict), skip_variant(own)
     if saved_skip is not None and saved_skip != built_skip:  # None: not a generator's state (the keys tell below)
         raise NetworkFileError(f'{fname}: "{name}" was saved with --skip {saved_skip}, but the network is built with '
-                           f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
+                               f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in state_dict.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
     if mismatched:
@@ -181,10 +181,13 @@ def resolve_resume_step(resume_iter, checkpoint_dir):
     return find_latest_step(checkpoint_dir) if resume_iter < 0 else resume_iter
 
 
-# What the state files of earlier versions name: the numpy RNG state as a pickled array. Such a file (zip format,
-# every name known) naming nothing else loads without --trust_pickle: these rebuild an array, they call nothing else.
-LEGACY_STATE_GLOBALS = ('numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
-                        'numpy.ndarray', 'numpy.dtype')
+def legacy_state_globals():
+    """What the state files of earlier versions need beyond plain data: numpy's RNG state was pickled as an array.
+    The safe loader may rebuild arrays (under numpy 1's and numpy 2's names) and still refuses anything else."""
+    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed numpy.core (the old name warns)
+    rebuild = core.multiarray._reconstruct
+    return [(rebuild, 'numpy.core.multiarray._reconstruct'), (rebuild, 'numpy._core.multiarray._reconstruct'),
+            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state():
@@ -243,4 +246,4 @@ class RunCheckpoint:
             ckptio.load(step)
         fname = self.state_fname(step)
         if restore_rng and os.path.exists(fname):
-            set_rng_state(load_torch_file(fname, '--resume_iter', self.trust_pickle, allowed=LEGACY_STATE_GLOBALS))
+            set_rng_state(load_torch_file(fname, '--resume_iter', self.trust_pickle, allowed=legacy_state_globals()))

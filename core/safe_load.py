@@ -14,6 +14,7 @@ A `*_nets_ema.safetensors` (written by `--mode export --to safetensors`) holds t
 `<network>.<state_dict key>`, and in its metadata (strings) the settings, the domain names and the few non-tensor
 state entries (the --skip variant's `_extra_state`) as JSON.
 """
+import contextlib
 import json
 import os
 import pickle
@@ -63,25 +64,25 @@ def _reason(e):
 def load_torch_file(fname, flag, trust_pickle=False, allowed=()):
     """torch.load(fname) on the CPU with weights_only=True. Errors (NetworkFileError, one line naming fname and
     flag): a file that is not a torch file or is truncated; a file that needs full unpickling (UnsafeFileError,
-    unless trust_pickle). allowed: names that may be unpickled in full when a (zip) file names no other (the numpy
-    arrays of older state files)."""
+    unless trust_pickle). allowed: callables (or (callable, name) pairs) the safe loader may call besides its own,
+    via torch.serialization.safe_globals (torch >= 2.5): still the safe loader, which refuses anything else."""
     if not os.path.isfile(fname):
         raise FileNotFoundError(f'{flag}: no such file: {fname}')
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)
     try:
-        return torch.load(fname, map_location='cpu', weights_only=True)
+        with safe_globals(list(allowed)) if allowed and safe_globals else contextlib.nullcontext():
+            return torch.load(fname, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         names = unsafe_globals(fname, e)
         if not names:  # the safe loader stopped for another reason: not a pickle it can read at all
             raise NetworkFileError(
                 f'{flag}: cannot read {fname}: not a file written by torch.save, or damaged ({_reason(e)})') from None
-        complete = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None) is not None
-        if not (trust_pickle or (allowed and complete and set(names) <= set(allowed))):
+        if not trust_pickle:
             raise UnsafeFileError(
                 f'{flag}: {fname} is not plain weights: loading it would unpickle {", ".join(names)}, which can run '
                 f'any code; it was not loaded. If the file comes from a source you trust, pass --trust_pickle to '
                 f'load it in full.') from None
-        if trust_pickle:
-            print(f'--trust_pickle: reading {fname} in full (it names {", ".join(names)})', file=sys.stderr)
+        print(f'--trust_pickle: reading {fname} in full (it names {", ".join(names)})', file=sys.stderr)
     except Exception as e:  # truncated zip, not a torch file (KeyError, EOFError, RuntimeError...)
         raise NetworkFileError(
             f'{flag}: cannot read {fname}: not a file written by torch.save, or truncated ({_reason(e)})') from None
@@ -113,7 +114,8 @@ def read_safetensors(fname, flag):
                 net, _, name = key.partition('.')
                 nets.setdefault(net, {})[name] = f.get_tensor(key)
     except Exception as e:  # SafetensorError: not a safetensors file, a truncated one, a damaged header
-        raise NetworkFileError(f'{flag}: cannot read {fname}: not a safetensors file, or truncated ({_reason(e)})') from None
+        raise NetworkFileError(
+            f'{flag}: cannot read {fname}: not a safetensors file, or truncated ({_reason(e)})') from None
     try:
         extra = json.loads(meta.get('extra_state', '{}'))
     except ValueError as e:

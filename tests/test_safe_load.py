@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_args
-from core.checkpoint import LEGACY_STATE_GLOBALS, CheckpointIO, RunCheckpoint, rng_state, set_rng_state
+from core.checkpoint import CheckpointIO, RunCheckpoint, legacy_state_globals, rng_state, set_rng_state
 from core.model import build_model
 from core.safe_load import NetworkFileError, UnsafeFileError, load_torch_file
 
@@ -132,7 +132,8 @@ def test_wing_path_refuses(tmp_path, marker, random_wing):
     msg = refused(marker, lambda: FAN(fname_pretrained=random_wing))
     assert msg.startswith('--wing_path: ')
     refused(marker, lambda: build_model(tiny_args(w_hpf=1, wing_path=random_wing)))
-    np.savez(tmp_path / 'lm.npz', mean=np.random.default_rng(0).random((98, 2)) * 256)  # np.load without allow_pickle: plain arrays only
+    # the mean landmarks: np.load without allow_pickle reads plain arrays only
+    np.savez(tmp_path / 'lm.npz', mean=np.random.default_rng(0).random((98, 2)) * 256)
     refused(marker, lambda: FaceAligner(random_wing, str(tmp_path / 'lm.npz'), 32, 'cpu'))
 
 
@@ -169,7 +170,8 @@ def test_authors_layouts_load_without_the_flag(tmp_path, random_wing):
     for k in GFE:
         assert all(torch.equal(a, b) for a, b in zip(ema[k].state_dict().values(), ema2[k].state_dict().values()))
     fan = FAN(fname_pretrained=str(tmp_path / 'wing.ckpt'))
-    assert torch.equal(fan.conv1.conv.weight, torch.load(random_wing, weights_only=True)['state_dict']['conv1.conv.weight'])
+    wing = torch.load(random_wing, weights_only=True)['state_dict']
+    assert torch.equal(fan.conv1.conv.weight, wing['conv1.conv.weight'])
 
 
 def test_state_file_is_plain_data_and_restores_the_rngs_exactly(tmp_path):
@@ -192,20 +194,20 @@ def test_state_file_is_plain_data_and_restores_the_rngs_exactly(tmp_path):
 
 
 def test_state_file_of_earlier_versions_loads(tmp_path):
-    """Earlier versions pickled numpy's RNG tuple (an array): a file naming nothing but numpy's array rebuild loads
-    without the flag; one naming anything more does not."""
+    """Earlier versions pickled numpy's RNG tuple (an array): the safe loader may rebuild numpy arrays for state files
+    and loads it without the flag; it still refuses anything more."""
     np.random.seed(5)
     old = dict(step=1, lambda_ds=1.0, torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
                python_rng=random.getstate(), cuda_rng=None)
     torch.save(old, tmp_path / 'old_state.ckpt')
     expected = np.random.rand(3)
     np.random.seed(6)
-    set_rng_state(load_torch_file(str(tmp_path / 'old_state.ckpt'), '--resume_iter', allowed=LEGACY_STATE_GLOBALS))
+    set_rng_state(load_torch_file(str(tmp_path / 'old_state.ckpt'), '--resume_iter', allowed=legacy_state_globals()))
     assert np.array_equal(np.random.rand(3), expected)
     old['extra'] = CreatesFile(tmp_path / 'MARKER')
     torch.save(old, tmp_path / 'old_state.ckpt')
     with pytest.raises(UnsafeFileError, match='io.open'):
-        load_torch_file(str(tmp_path / 'old_state.ckpt'), '--resume_iter', allowed=LEGACY_STATE_GLOBALS)
+        load_torch_file(str(tmp_path / 'old_state.ckpt'), '--resume_iter', allowed=legacy_state_globals())
     assert not (tmp_path / 'MARKER').exists()
 
 
