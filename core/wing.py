@@ -331,6 +331,8 @@ def align_faces(args, input_dir, output_dir, device=None):
     Uses args.img_size (input resize and output size), args.wing_path and args.lm_path; device: the caller's (default:
     --device). Returns the written paths.
     """
+    from core.config import complete_args
+    args = complete_args(args)  # a public entry point: args may come from the reference's own parser
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f'Input folder not found: {input_dir} (--inp_dir)')
     fnames = list_images(input_dir)
