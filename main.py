@@ -1,9 +1,10 @@
-"""StarGAN v2: train, sample, evaluate, align.
+"""StarGAN v2: train, sample, evaluate, align, translate, export.
 
     python main.py --mode train --preset demo                  # the quickstart: synthetic data, CPU, minutes
     python main.py --mode train --preset celeba_hq             # the paper's CelebA-HQ setting (data/celeba_hq)
     python main.py --mode sample --resume_iter 100000 --checkpoint_dir expr/checkpoints/celeba_hq
     torchrun --nproc_per_node 4 main.py --mode train ...       # one process per GPU
+    python main.py --mode export --to onnx --checkpoint_dir expr/checkpoints/celeba_hq   # docs/deploy.md
 """
 import os
 import random
@@ -54,8 +55,11 @@ def main(args):
             raise SystemExit(f'--batch_size {args.batch_size} (global) must be divisible by the number of '
                              f'processes ({dist_info.world_size})')
         local_batch = args.batch_size // dist_info.world_size
-        solver = Solver(args, device)
         start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
+        if start == 0 and args.init_from:  # a file that cannot be used stops here, before the run writes anything
+            from core.finetune import read_init_file
+            read_init_file(args)
+        solver = Solver(args, device)
         common = dict(img_size=args.img_size, batch_size=local_batch, prob=args.randcrop_prob,
                       num_workers=args.num_workers, seed=args.seed, start_step=start, num_domains=args.num_domains,
                       skip_bad_images=args.skip_bad_images, rank=dist_info.rank, world_size=dist_info.world_size,
@@ -93,6 +97,9 @@ def main(args):
     elif args.mode == 'translate':
         from core.translate import translate_cli
         code = translate_cli(args, device)  # 1 when some input was skipped
+    elif args.mode == 'export':
+        from core.export import export_cli
+        export_cli(args)
     cleanup()
     return code
 

@@ -2,7 +2,11 @@
 
     ckptio = CheckpointIO('expr/checkpoints/{:06d}_nets_ema.ckpt', generator=g, mapping_network=f, style_encoder=e)
     ckptio.save(step)   # atomic: written to a temp file in the same folder, then renamed
-    ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`
+    ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`;
+                        # without {step}_nets_ema.ckpt, the {step}_nets_ema.safetensors of --mode export
+
+Files are read with torch.load(weights_only=True) (core/safe_load.py): one that would run code when unpickled stops
+with a message naming it, unless trust_pickle (--trust_pickle).
 
     run = RunCheckpoint(checkpoint_dir, nets, nets_ema, optims)   # a training run's files, with its RNG state
     run.save(step, lambda_ds); run.load(step)
@@ -12,10 +16,13 @@ Anything with state_dict()/load_state_dict() can be registered (networks, optimi
 """
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
 import torch
+
+from core.safe_load import NetworkFileError, load_torch_file, read_network_file
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '
@@ -62,11 +69,21 @@ def strip_module_prefix(state_dict):
     return state_dict
 
 
+class MissingEntryError(NetworkFileError, KeyError):
+    """A file without a network that should be in it (not a network file, or another kind of one)."""
+
+    def __str__(self):  # KeyError's str() would quote the message
+        return str(self.args[0])
+
+
 class CheckpointIO:
-    def __init__(self, fname_template, data_parallel=False, **kwargs):
-        # data_parallel: kept for the reference's signature; wrappers are unwrapped automatically
+    def __init__(self, fname_template, data_parallel=False, trust_pickle=False, flag='--resume_iter', **kwargs):
+        # data_parallel: kept for the reference's signature; wrappers are unwrapped automatically. trust_pickle: load
+        # files that need full unpickling (--trust_pickle); flag: the flag that chose the files, for errors
         os.makedirs(os.path.dirname(fname_template) or '.', exist_ok=True)
         self.fname_template = fname_template
+        self.trust_pickle = trust_pickle
+        self.flag = flag
         self.module_dict = kwargs
 
     def register(self, **kwargs):
@@ -83,18 +100,21 @@ class CheckpointIO:
 
     def load(self, step, strict=True):
         fname = self.fname(step)
+        exported = re.sub(r'\.ckpt$', '.safetensors', fname)  # --mode export's copy, read where there is no .ckpt
+        if not os.path.exists(fname) and exported != fname and os.path.exists(exported):
+            fname = exported
         if not os.path.exists(fname):
             folder = os.path.dirname(fname) or '.'
             have = sorted(f for f in os.listdir(folder) if f.endswith('.ckpt')) if os.path.isdir(folder) else []
             hint = f' Checkpoints in {folder}: {", ".join(have[:8])}' if have else f' {folder} has no checkpoints.'
             raise FileNotFoundError(f'Checkpoint not found: {fname} (check --resume_iter and --checkpoint_dir).{hint}')
-        try:
-            module_dict = torch.load(fname, map_location='cpu', weights_only=False)
-        except Exception as e:  # truncated or not a torch file
-            raise RuntimeError(f'Could not read checkpoint {fname}: {e}') from e
+        module_dict = read_network_file(fname, self.flag, self.trust_pickle)
+        for name in self.module_dict:  # every entry checked before any is loaded
+            if not isinstance(module_dict, dict) or name not in module_dict:
+                have = ', '.join(map(str, module_dict)) if isinstance(module_dict, dict) else type(module_dict).__name__
+                raise MissingEntryError(f'{self.flag}: {fname} has no entry "{name}" (it has: {have}): is it a '
+                                        f'checkpoint of this kind (*_nets, *_nets_ema, *_optims.ckpt)?')
         for name, module in self.module_dict.items():
-            if name not in module_dict:
-                raise KeyError(f'{fname} has no entry "{name}" (it has: {", ".join(map(str, module_dict))})')
             load_into(unwrap(module), strip_module_prefix(module_dict[name]), name, fname, strict=strict)
         return fname
 
@@ -105,22 +125,23 @@ def load_into(module, state_dict, name, fname, strict=True):
         try:
             module.load_state_dict(state_dict)
         except (ValueError, KeyError, RuntimeError) as e:
-            raise RuntimeError(f'{fname}: cannot restore "{name}": {e}. Was it saved with other flags ({_SHAPE_FLAGS})?') from e
+            raise NetworkFileError(f'{fname}: cannot restore "{name}": {e}. Was it saved with other flags '
+                                   f'({_SHAPE_FLAGS})?') from e
         return
     own = module.state_dict()
     saved_skip, built_skip = skip_variant(state_dict), skip_variant(own)
-    if saved_skip != built_skip:
-        raise RuntimeError(f'{fname}: "{name}" was saved with --skip {saved_skip}, but the network is built with '
-                           f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
+    if saved_skip is not None and saved_skip != built_skip:  # None: not a generator's state (the keys tell below)
+        raise NetworkFileError(f'{fname}: "{name}" was saved with --skip {saved_skip}, but the network is built with '
+                               f'--skip {built_skip}: pass --skip {saved_skip} (the generator variants differ).')
     mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                   for k, v in state_dict.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape]
     if mismatched:
-        raise RuntimeError(
+        raise NetworkFileError(
             f'{fname}: "{name}" does not fit the network built from the flags: {len(mismatched)} shape mismatches, '
             f'e.g. {"; ".join(mismatched[:3])}. Likely differing flags: {_SHAPE_FLAGS}.')
     result = module.load_state_dict(state_dict, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
-        raise RuntimeError(
+        raise NetworkFileError(
             f'{fname}: "{name}" does not fit the network built from the flags: '
             f'missing {result.missing_keys[:5]} ({len(result.missing_keys)}), '
             f'unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}). '
@@ -160,19 +181,53 @@ def resolve_resume_step(resume_iter, checkpoint_dir):
     return find_latest_step(checkpoint_dir) if resume_iter < 0 else resume_iter
 
 
+def legacy_state_globals():
+    """What the state files of earlier versions need beyond plain data: numpy's RNG state was pickled as an array.
+    The safe loader may rebuild arrays (under numpy 1's and numpy 2's names) and still refuses anything else."""
+    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed numpy.core (the old name warns)
+    rebuild = core.multiarray._reconstruct
+    return [(rebuild, 'numpy.core.multiarray._reconstruct'), (rebuild, 'numpy._core.multiarray._reconstruct'),
+            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def rng_state():
+    """The process RNG states in types torch.load(weights_only=True) reads: tensors, ints, floats, tuples."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(torch_rng=torch.get_rng_state(),
+                numpy_rng=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                               has_gauss=int(has_gauss), gauss=float(gauss)),
+                python_rng=random.getstate(),  # (version, a tuple of 625 ints, None or a float)
+                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state):
+    """The inverse of rng_state (also for the state files of earlier versions: numpy's own tuple)."""
+    torch.set_rng_state(state['torch_rng'])
+    np_state = state['numpy_rng']
+    if isinstance(np_state, dict):
+        np_state = (np_state['kind'], np_state['keys'].numpy().astype(np.uint32), np_state['pos'],
+                    np_state['has_gauss'], np_state['gauss'])
+    np.random.set_state(np_state)
+    version, internal, gauss_next = state['python_rng']
+    random.setstate((version, tuple(internal), gauss_next))
+    if state.get('cuda_rng') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda_rng'])
+
+
 class RunCheckpoint:
     """The files of a run: {step}_nets.ckpt, _nets_ema.ckpt, _optims.ckpt (the reference's) and {step}_state.ckpt
     (ours: step, lambda_ds, world size, RNG states). Without optimisers (sample/eval) only _nets_ema.ckpt is read."""
 
-    def __init__(self, checkpoint_dir, nets, nets_ema, optims=None):
+    def __init__(self, checkpoint_dir, nets, nets_ema, optims=None, trust_pickle=False):
         self.checkpoint_dir = checkpoint_dir
+        self.trust_pickle = trust_pickle
         trainable = {k: v for k, v in nets.items() if k != 'fan'}
         ema = {k: v for k, v in nets_ema.items() if k != 'fan'}
         template = os.path.join(checkpoint_dir, '{:06d}_%s.ckpt')
-        self.ckptios = [CheckpointIO(template % 'nets_ema', **ema)]
+        self.ckptios = [CheckpointIO(template % 'nets_ema', trust_pickle=trust_pickle, **ema)]
         if optims is not None:
-            self.ckptios = [CheckpointIO(template % 'nets', **trainable), self.ckptios[0],
-                            CheckpointIO(template % 'optims', **optims)]
+            self.ckptios = [CheckpointIO(template % 'nets', trust_pickle=trust_pickle, **trainable), self.ckptios[0],
+                            CheckpointIO(template % 'optims', trust_pickle=trust_pickle, **optims)]
 
     def state_fname(self, step):
         return os.path.join(self.checkpoint_dir, '%06d_state.ckpt' % step)
@@ -181,9 +236,7 @@ class RunCheckpoint:
         for ckptio in self.ckptios:
             ckptio.save(step)
         # written last: its presence marks a complete checkpoint written by this project
-        state.update(step=step, torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                     python_rng=random.getstate(),
-                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        state.update(step=step, **rng_state())
         atomic_torch_save(state, self.state_fname(step))
 
     def load(self, step, restore_rng=False):
@@ -193,9 +246,4 @@ class RunCheckpoint:
             ckptio.load(step)
         fname = self.state_fname(step)
         if restore_rng and os.path.exists(fname):
-            state = torch.load(fname, map_location='cpu', weights_only=False)
-            torch.set_rng_state(state['torch_rng'])
-            np.random.set_state(state['numpy_rng'])
-            random.setstate(state['python_rng'])
-            if state.get('cuda_rng') is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state['cuda_rng'])
+            set_rng_state(load_torch_file(fname, '--resume_iter', self.trust_pickle, allowed=legacy_state_globals()))

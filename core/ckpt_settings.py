@@ -13,31 +13,32 @@ CelebA-HQ generator has no `hpf.filter` buffer (its value is 8 / w_hpf at the ce
 import os
 import re
 
-import torch
 from munch import Munch
 
 from core.checkpoint import strip_module_prefix
-from core.data_loader import DataError
+from core.safe_load import NetworkFileError, read_network_file
 
 NETS = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
 
 
-class NetsFileError(DataError):
+class NetsFileError(NetworkFileError):
     """A network file that cannot be used with the flags given: the message names the file and the flags."""
 
 
-def read_nets_file(fname, flag='--init_from'):
-    """The networks of a *_nets.ckpt / *_nets_ema.ckpt as name -> state_dict (`module.` prefixes and `fan` dropped)."""
+def read_nets_file(fname, flag='--init_from', trust_pickle=False):
+    """The networks of a *_nets.ckpt / *_nets_ema.ckpt / *_nets_ema.safetensors as name -> state_dict (`module.`
+    prefixes and `fan` dropped). Read with weights_only=True: a file that needs full unpickling is an error unless
+    trust_pickle."""
     if not os.path.isfile(fname):
         raise FileNotFoundError(f'{flag}: network file not found: {fname}')
-    try:
-        raw = torch.load(fname, map_location='cpu', weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise NetsFileError(f'{flag}: could not read {fname}: {e}') from e
+    raw = read_network_file(fname, flag, trust_pickle)
     if not isinstance(raw, dict) or not {'generator', 'mapping_network', 'style_encoder'} <= set(raw):
-        have = ', '.join(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise NetsFileError(f'{flag}: {fname} is not a StarGAN v2 network file (a *_nets.ckpt or *_nets_ema.ckpt with '
-                         f'generator, mapping_network and style_encoder); it holds: {have}')
+        keys = list(map(str, raw)) if isinstance(raw, dict) else []
+        have = ', '.join(keys[:8]) + (f' ... ({len(keys)} entries)' if len(keys) > 8 else '') if keys else (
+            'no entries' if isinstance(raw, dict) else type(raw).__name__)
+        raise NetsFileError(f'{flag}: {fname} is not a StarGAN v2 network file (a *_nets.ckpt, *_nets_ema.ckpt or '
+                            f'*_nets_ema.safetensors with generator, mapping_network and style_encoder); it holds: '
+                            f'{have}')
     return {k: strip_module_prefix(v) for k, v in raw.items() if k in NETS}
 
 

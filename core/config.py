@@ -55,7 +55,7 @@ def _sample_outputs(text):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces.',
+    p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces, translate, export.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # model arguments
     p.add_argument('--img_size', type=int, default=256, help='Image resolution')
@@ -98,7 +98,7 @@ def get_parser():
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')
 
     # misc
-    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate'],
+    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate', 'export'],
                    help='This argument is used in solver')
     p.add_argument('--num_workers', type=int, default=4, help='Number of workers used in DataLoader')
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
@@ -161,6 +161,20 @@ def get_parser():
     p.add_argument('--init_from', type=str, default=None,
                    help='--mode train: start G, F, E (and D if present) and their EMA copies from this '
                         '*_nets_ema.ckpt or *_nets.ckpt (fine-tuning; fresh optimisers at step 0)')
+
+    # exporting a network file (--mode export, core/export.py; docs/deploy.md)
+    p.add_argument('--to', type=str, default='safetensors', choices=['safetensors', 'onnx'],
+                   help='--mode export: safetensors (G, F, E as *_nets_ema.safetensors: tensors only, read wherever '
+                        'a *_nets_ema.ckpt is) or onnx (graphs of the mapping network, style encoder and generator, '
+                        'the FAN masks inside the generator when w_hpf > 0)')
+    p.add_argument('--export_dir', type=str, default=None,
+                   help='--mode export: where to write (default: beside the network file)')
+
+    # network files (core/safe_load.py)
+    p.add_argument('--trust_pickle', action='store_true',
+                   help='Load network, state and wing.ckpt files that need full unpickling (weights_only=False): such '
+                        'a file can run any code when loaded; only for files from a source you trust. Without it, '
+                        'they stop with a message naming the file and what it would unpickle')
 
     # face alignment
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
@@ -255,6 +269,8 @@ def summary(args, device):
         parts += [f'checkpoints {args.checkpoint_dir}', f'val {args.val_img_dir}', f'eval {args.eval_dir}']
     elif args.mode == 'align':
         parts += [f'input {args.inp_dir}', f'output {args.out_dir}']
+    elif args.mode == 'export':
+        parts += [f'checkpoints {args.checkpoint_dir}', f'to {args.to}', f'output {args.export_dir or "beside it"}']
     elif args.mode == 'translate':
         parts += [f'checkpoints {args.checkpoint_dir}', f'input {args.inp}', f'target {args.trg_domain}',
                   f'output {args.out_dir}']

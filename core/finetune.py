@@ -74,17 +74,25 @@ def _domains_of(keys):
     return sorted({int(_HEAD.match(k).group(1)) for k in keys if _HEAD.match(k)})
 
 
-def init_from(nets, nets_ema, args, fname=None):
-    """Loads args.init_from (or fname) into nets and nets_ema in place (the optimisers keep their parameters);
-    returns the start-up report, printed on the main process."""
+def read_init_file(args, fname=None):
+    """(name -> state_dict, settings) of args.init_from (or fname), checked against the flags: NetsFileError naming
+    the file and the flags when it cannot be used. main.py calls it before the run writes anything."""
     fname = fname or args.init_from
-    src = read_nets_file(fname)
+    src = read_nets_file(fname, trust_pickle=args.trust_pickle)
     s = infer_settings(src)
     check_settings(s, args, fname)
     skip = skip_variant(src['generator']) if 'generator' in src else args.skip
     if skip != args.skip:
         raise NetsFileError(f'--init_from: {fname} holds a --skip {skip} generator and this run builds --skip '
                             f'{args.skip}; give --skip {skip}')
+    return src, s
+
+
+def init_from(nets, nets_ema, args, fname=None):
+    """Loads args.init_from (or fname) into nets and nets_ema in place (the optimisers keep their parameters);
+    returns the start-up report, printed on the main process."""
+    fname = fname or args.init_from
+    src, s = read_init_file(args, fname)
     names = (args.domains or '').split(',') if args.domains else [str(i) for i in range(args.num_domains)]
     kind = 'G, F, E and D' if s.has_discriminator else 'G, F, E (moving averages; no discriminator)'
     lines = [f'--init_from {fname}: {kind}, {s.num_domains} domains; this run has {args.num_domains} '

@@ -378,7 +378,7 @@ def build_model(args):
         if args.hpf_masks == 'ones':
             fan = UnitMasks()
         else:
-            fan = FAN(fname_pretrained=args.wing_path).eval()
+            fan = FAN(fname_pretrained=args.wing_path, trust_pickle=args.trust_pickle).eval()
         fan.requires_grad_(False)
         nets.fan = fan
         nets_ema.fan = fan

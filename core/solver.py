@@ -63,7 +63,8 @@ class Solver(nn.Module):
             self.optims = Munch({net: torch.optim.Adam(
                 params=self.nets[net].parameters(), lr=args.f_lr if net == 'mapping_network' else args.lr,
                 betas=[args.beta1, args.beta2], weight_decay=args.weight_decay) for net in self.nets if net != 'fan'})
-        self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims)
+        self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims,
+                                        trust_pickle=args.trust_pickle)
         self.to(self.device)
         self.logits_and_r1 = None  # D(x_real) with R1 in one function: --compile's form (None: the reference's)
         if args.compile and args.mode == 'train':

@@ -18,10 +18,12 @@ Inputs of any size are resized to --img_size squares, as the reference's loaders
 white), 16-bit and EXIF-rotated files are handled; an unreadable file, or a face the aligner cannot place, is named
 and skipped, and the exit code is then 1.
 
-The network's settings (img_size, widths, number of domains, high-pass path) are read from the checkpoint file
-itself, so the released files need no flags. Domain names come from --domains, else from args.json beside the
-checkpoint (training stores the data's folder names there; older runs: its training folders or preset), else from
---preset (celeba_hq: female,male; afhq: cat,dog,wild; demo: square,triangle); an index (0, 1, ...) always works.
+The network's settings (img_size, widths, number of domains, high-pass path, --skip variant) are read from the
+checkpoint file itself, so the released files need no flags. The file is a *_nets_ema.ckpt or the
+*_nets_ema.safetensors of --mode export (core/export.py). Domain names come from --domains, else from the file (a
+.safetensors holds them), else from args.json beside the checkpoint (training stores the data's folder names there;
+older runs: its training folders or preset), else from --preset (celeba_hq: female,male; afhq: cat,dog,wild; demo:
+square,triangle); an index (0, 1, ...) always works.
 """
 import json
 import os
@@ -37,11 +39,12 @@ from munch import Munch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from core.checkpoint import load_into
+from core.checkpoint import load_into, skip_variant
 from core.ckpt_settings import infer_settings, read_nets_file
 from core.config import PRESET_DOMAINS, parse_args
 from core.data_loader import PHOTO_EXTENSIONS, DataError
 from core.model import build_model, masks_of
+from core.safe_load import file_metadata
 from core.utils import average_style, denormalize
 
 SHEET_ROWS = 32      # rows per contact sheet (JPEG cannot be taller than 65,535 pixels)
@@ -95,37 +98,42 @@ def _reason(e):
 # ------------------------------------------------------------------------------------------------------ checkpoints
 
 def resolve_checkpoint(checkpoint, step=None):
-    """The *_nets_ema.ckpt to use: checkpoint itself when it is a file, else {step:06d}_nets_ema.ckpt in that folder
-    (step None, 0 or -1: the latest one there)."""
+    """The network file to use: checkpoint itself when it is a file, else {step:06d}_nets_ema.ckpt in that folder
+    (or, without it, the .safetensors of --mode export; step None, 0 or -1: the latest one there)."""
     if os.path.isfile(checkpoint):
         return checkpoint
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f'--checkpoint_dir: no such file or folder: {checkpoint}')
-    steps = sorted(int(f[:6]) for f in os.listdir(checkpoint) if re.fullmatch(r'\d{6}_nets_ema\.ckpt', f))
+    files = {}
+    for f in sorted(os.listdir(checkpoint), reverse=True):  # .ckpt after .safetensors: the .ckpt wins a step
+        if re.fullmatch(r'\d{6}_nets_ema\.(ckpt|safetensors)', f):
+            files[int(f[:6])] = os.path.join(checkpoint, f)
+    steps = sorted(files)
     if step is not None and step > 0:
-        fname = os.path.join(checkpoint, f'{step:06d}_nets_ema.ckpt')
-        if not os.path.isfile(fname):
-            raise FileNotFoundError(f'--resume_iter {step}: {fname} not found; steps in {checkpoint}: '
-                                    f'{", ".join(map(str, steps)) or "none"}')
-        return fname
+        if step not in files:
+            raise FileNotFoundError(f'--resume_iter {step}: {os.path.join(checkpoint, f"{step:06d}_nets_ema.ckpt")} '
+                                    f'not found; steps in {checkpoint}: {", ".join(map(str, steps)) or "none"}')
+        return files[step]
     if not steps:
         raise FileNotFoundError(f'--checkpoint_dir: no *_nets_ema.ckpt in {checkpoint} (the released networks: '
                                 f'`bash scripts/download.sh pretrained-network-celeba-hq`)')
-    return os.path.join(checkpoint, f'{steps[-1]:06d}_nets_ema.ckpt')
+    return files[steps[-1]]
 
 
 def with_file_settings(args, state):
-    """args with the architecture flags replaced by those the network file was built with."""
+    """args with the architecture flags replaced by those the network file was built with (the --skip variant too:
+    it is recorded in the generator's state)."""
     s = infer_settings(state)
-    args = Munch(args, **{k: s[k] for k in SETTINGS_KEYS})
+    args = Munch(args, **{k: s[k] for k in SETTINGS_KEYS}, skip=skip_variant(state['generator']))
     # w_hpf's value is in the file's hpf.filter, which the released CelebA-HQ file lacks (it used 1)
     args.w_hpf = (s.w_hpf or (args.w_hpf if args.w_hpf > 0 else 1)) if s.hpf else 0
     return args
 
 
 def domain_names(args, fname):
-    """(names, where they came from) for the network in fname: --domains; args.json beside it (its domains, else
-    the folders of its train_img_dir, else its preset's); --preset; else the indices."""
+    """(names, where they came from) for the network in fname: --domains; the file's own (a .safetensors of
+    --mode export keeps them); args.json beside it (its domains, else the folders of its train_img_dir, else its
+    preset's); --preset; else the indices."""
     saved = os.path.join(os.path.dirname(os.path.abspath(fname)), 'args.json')
     run = {}
     if os.path.isfile(saved):
@@ -134,7 +142,8 @@ def domain_names(args, fname):
     train_dir = run.get('train_img_dir') or ''
     folders = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d))
                      and not d.startswith('.')) if os.path.isdir(train_dir) else []
-    candidates = ((args.domains, '--domains'), (run.get('domains'), saved),
+    candidates = ((args.domains, '--domains'), (file_metadata(fname).get('domains'), fname),
+                  (run.get('domains'), saved),
                   (folders if len(folders) == args.num_domains else None, f'the folders of {train_dir}'),
                   (PRESET_DOMAINS.get(run.get('preset')), f'{saved} (preset {run.get("preset")})'),
                   (PRESET_DOMAINS.get(args.preset), f'--preset {args.preset}'))
@@ -185,14 +194,15 @@ class Translator:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, step=None, args=None, device='cpu', preset=None, **flags):
-        """checkpoint: a *_nets_ema.ckpt (or *_nets.ckpt) file, or a folder (with step, else the latest).
+        """checkpoint: a *_nets_ema.ckpt (or *_nets.ckpt, or the *_nets_ema.safetensors of --mode export) file, or a
+        folder (with step, else the latest).
         args: the command line's flags (default: the parser's, with preset's); flags: any flag, e.g. domains=
         'cat,dog', wing_path=... (needed by w_hpf > 0 networks and by align), lm_path=..."""
         if args is None:
             args = parse_args(['--mode', 'translate'] + (['--preset', preset] if preset else []))
         args = Munch(args, **flags)
         fname = resolve_checkpoint(checkpoint, step)
-        state = read_nets_file(fname, flag='--checkpoint_dir')
+        state = read_nets_file(fname, flag='--checkpoint_dir', trust_pickle=args.trust_pickle)
         args = with_file_settings(args, state)
         names, _ = domain_names(args, fname)
         return cls(state, args, names, device, fname)
@@ -228,7 +238,8 @@ class Translator:
     def aligner(self):
         if self._aligner is None:
             from core.wing import FaceAligner
-            self._aligner = FaceAligner(self.args.wing_path, self.args.lm_path, self.args.img_size, self.device)
+            self._aligner = FaceAligner(self.args.wing_path, self.args.lm_path, self.args.img_size, self.device,
+                                        trust_pickle=self.args.trust_pickle)
         return self._aligner
 
     def prepare(self, image, align=False):
@@ -362,7 +373,7 @@ def translate_cli(args, device):
     if args.num_styles < 1:
         raise TranslateError(f'--num_styles must be at least 1 (got {args.num_styles})')
     fname = resolve_checkpoint(args.checkpoint_dir, args.resume_iter)
-    state = read_nets_file(fname, flag='--checkpoint_dir')
+    state = read_nets_file(fname, flag='--checkpoint_dir', trust_pickle=args.trust_pickle)
     args = with_file_settings(args, state)
     names, source = domain_names(args, fname)
     y = domain_index(args.trg_domain, names, source)  # an unknown name stops here, before any work

@@ -22,6 +22,7 @@ from PIL import Image
 
 from core.align import DOWNLOAD_HINT, FaceGeometry, list_images
 from core.distributed import resolve_device
+from core.safe_load import load_torch_file
 
 
 class AddCoords(nn.Module):
@@ -128,7 +129,7 @@ class HourGlass(nn.Module):
 
 
 class FAN(nn.Module):
-    def __init__(self, num_modules=1, end_relu=False, num_landmarks=98, fname_pretrained=None):
+    def __init__(self, num_modules=1, end_relu=False, num_landmarks=98, fname_pretrained=None, trust_pickle=False):
         super().__init__()
         self.num_modules = num_modules
         self.end_relu = end_relu
@@ -144,15 +145,16 @@ class FAN(nn.Module):
         self.add_module('bn_end0', nn.BatchNorm2d(256))
         self.add_module('l0', nn.Conv2d(256, num_landmarks + 1, 1, 1, 0))
         if fname_pretrained is not None:
-            self.load_pretrained_weights(fname_pretrained)
+            self.load_pretrained_weights(fname_pretrained, trust_pickle)
 
-    def load_pretrained_weights(self, fname):
-        """Loads a wing.ckpt (a dict with 'state_dict'). Keys we do not know are ignored; missing ones are an error."""
+    def load_pretrained_weights(self, fname, trust_pickle=False):
+        """Loads a wing.ckpt (a dict with 'state_dict'). Keys we do not know are ignored; missing ones are an error.
+        Read with weights_only=True: a file that needs full unpickling is an error unless trust_pickle."""
         if not os.path.isfile(fname):
             raise FileNotFoundError(
                 f'FAN weights not found: {fname}. They are needed when --w_hpf > 0. '
                 f'Get them with `bash scripts/download.sh wing`, or pass --wing_path.')
-        checkpoint = torch.load(fname, map_location='cpu', weights_only=False)
+        checkpoint = load_torch_file(fname, '--wing_path', trust_pickle)
         weights = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
         if not isinstance(weights, dict):
             raise ValueError(f'{fname} is not a FAN checkpoint (expected a dict with a "state_dict" entry)')
@@ -290,12 +292,12 @@ def get_preds_fromhm(hm):
 # face alignment: the FAN's landmarks + core/align.py's geometry
 
 class FaceAligner(FaceGeometry):
-    def __init__(self, fname_wing, fname_celeba_mean, output_size, device):
+    def __init__(self, fname_wing, fname_celeba_mean, output_size, device, trust_pickle=False):
         if not os.path.isfile(fname_wing):
             raise FileNotFoundError(f'FAN weights not found: {fname_wing}. {DOWNLOAD_HINT}, or pass --wing_path.')
         super().__init__(fname_celeba_mean, output_size)
         self.device = torch.device(device)
-        self.fan = FAN(fname_pretrained=fname_wing).to(self.device).eval()
+        self.fan = FAN(fname_pretrained=fname_wing, trust_pickle=trust_pickle).to(self.device).eval()
 
     @torch.no_grad()
     def get_landmarks(self, x):
@@ -329,6 +331,8 @@ def align_faces(args, input_dir, output_dir, device=None):
     Uses args.img_size (input resize and output size), args.wing_path and args.lm_path; device: the caller's (default:
     --device). Returns the written paths.
     """
+    from core.config import complete_args
+    args = complete_args(args)  # a public entry point: args may come from the reference's own parser
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(f'Input folder not found: {input_dir} (--inp_dir)')
     fnames = list_images(input_dir)
@@ -336,7 +340,7 @@ def align_faces(args, input_dir, output_dir, device=None):
         raise FileNotFoundError(f'No images (png/jpg/jpeg) in {input_dir} (--inp_dir)')
     if device is None:
         device = resolve_device(args.device)
-    aligner = FaceAligner(args.wing_path, args.lm_path, args.img_size, device)
+    aligner = FaceAligner(args.wing_path, args.lm_path, args.img_size, device, trust_pickle=args.trust_pickle)
     os.makedirs(output_dir, exist_ok=True)
 
     written = []

@@ -41,7 +41,7 @@ def landmark_fan(args, nets, device):
             raise FileNotFoundError(f'--eval_landmarks needs the FAN weights: --wing_path {args.wing_path} not found')
         print(f'landmark shift not measured: no FAN weights at --wing_path {args.wing_path}')
         return None
-    return FAN(fname_pretrained=args.wing_path).to(device).eval().requires_grad_(False)
+    return FAN(fname_pretrained=args.wing_path, trust_pickle=args.trust_pickle).to(device).eval().requires_grad_(False)
 
 
 def lpips_to_source(model, x_src, group_of_images):
