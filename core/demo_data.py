@@ -128,7 +128,7 @@ def _check_target(root):
         f'folders, or train on your own data without --preset demo.')
 
 
-def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=8, colours='palette'):
+def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='palette'):
     """Writes root/{train,val,src,ref}/{square,triangle}/NNNN.png and root/labels.json (what was drawn, per file)
     unless the same set is already complete; returns root. src/ref hold n_sample images per domain for
     --mode sample. Raises DemoDataError when root holds anything the demo did not write."""

@@ -123,7 +123,7 @@ def test_domain_names_sources(tmp_path):
     (tmp_path / 'old' / 'args.json').write_text(json.dumps({'train_img_dir': str(tmp_path / 'data'), 'preset': 'demo'}))
     assert Translator.from_checkpoint(str(tmp_path / 'old')).domains == ['apple', 'pear']
     (tmp_path / 'old' / 'args.json').write_text(json.dumps({'train_img_dir': str(tmp_path / 'gone'), 'preset': 'demo'}))
-    assert Translator.from_checkpoint(str(tmp_path / 'old')).domains == ['circle', 'square']
+    assert Translator.from_checkpoint(str(tmp_path / 'old')).domains == ['square', 'triangle']
 
 
 def test_checkpoint_resolution(tmp_path):
