@@ -54,6 +54,18 @@ def _sample_outputs(text):
     return ','.join(names)
 
 
+def _micro_batch(text):
+    if text == 'auto':
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: a number of images (0: the whole batch) or auto')
+    return n
+
+
 def get_parser():
     p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces, translate, export.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -93,6 +105,11 @@ def get_parser():
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')
+    p.add_argument('--micro_batch', type=_micro_batch, default=0,
+                   help='Images per chunk of each process\'s batch in the training step (gradients accumulated over '
+                        'the chunks, one optimiser step per network: the update of the whole batch, to float rounding, '
+                        'in less memory; docs/memory.md). 0: the whole batch; auto: the most that fits the free GPU '
+                        'memory (the whole batch on a CPU)')
     p.add_argument('--ema_beta', type=float, default=0.999,
                    help='Decay of the moving average of G, F, E (the reference: 0.999; the demo uses less for its short run)')
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')

@@ -22,6 +22,7 @@ from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, g
                               resolve_device)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
+from core.micro_batch import resolve_micro_batch, split_batch, weighted_terms
 from core.model import build_model, masks_of
 from core.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
 
@@ -67,56 +68,64 @@ class Solver(nn.Module):
                                         trust_pickle=args.trust_pickle)
         self.to(self.device)
         self.logits_and_r1 = None  # D(x_real) with R1 in one function: --compile's form (None: the reference's)
+        self.micro_batch = 0  # images per chunk of the training step (0: the whole batch)
+        if args.mode == 'train':
+            local_batch = max(1, args.batch_size // get_world_size())
+            self.micro_batch = resolve_micro_batch(args, self.device, local_batch)
         if args.compile and args.mode == 'train':
             self.logits_and_r1 = compile_nets(self.nets, args)
 
     # ------------------------------------------------------------------------------------------------ one iteration
     def train_step(self, inputs, step):
         """D latent, D reference, G latent (steps G, F, E), G reference (steps G), EMA. Returns the 14 loss terms as
-        one detached tensor (no host sync)."""
+        one detached tensor (no host sync). With --micro_batch each step runs over chunks of the batch, their
+        gradients accumulated (core/micro_batch.py): the whole batch's update and terms, to float rounding."""
         args, nets = self.args, self.nets
-        x_real, y_org = inputs.x_src, inputs.y_src
-        x_ref, x_ref2, y_trg = inputs.x_ref, inputs.x_ref2, inputs.y_ref
-        z_trg, z_trg2 = inputs.z_trg, inputs.z_trg2
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
         if cudagraphs_enabled(args):  # a new iteration: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        masks = masks_of(nets, x_real)
+        # the masks of the whole batch, once: the same values whatever the chunks (the FAN runs without gradient)
+        chunks = split_batch(inputs, masks_of(nets, inputs.x_src), self.micro_batch)
 
-        with self._autocast():
-            d_loss, d_losses_latent = compute_d_loss(nets, weights, x_real, y_org, y_trg, z_trg=z_trg, masks=masks,
-                                                     logits_and_r1=self.logits_and_r1)
-        self._update(d_loss, 'discriminator')
-        with self._autocast():
-            d_loss, d_losses_ref = compute_d_loss(nets, weights, x_real, y_org, y_trg, x_ref=x_ref, masks=masks,
-                                                  logits_and_r1=self.logits_and_r1)
-        self._update(d_loss, 'discriminator')
+        d_losses_latent = self._step(chunks, lambda c: compute_d_loss(
+            nets, weights, c.x_src, c.y_src, c.y_ref, z_trg=c.z_trg, masks=c.masks,
+            logits_and_r1=self.logits_and_r1), steps=('discriminator',))
+        d_losses_ref = self._step(chunks, lambda c: compute_d_loss(
+            nets, weights, c.x_src, c.y_src, c.y_ref, x_ref=c.x_ref, masks=c.masks,
+            logits_and_r1=self.logits_and_r1), steps=('discriminator',))
 
         # The G steps need D (and, in the reference step, E and F) only for the gradient with respect to their inputs;
         # frozen, their weight gradients (computed and thrown away by the reference) are skipped. G's are the same.
-        with self._frozen('discriminator'), self._autocast():
-            g_loss, g_losses_latent = compute_g_loss(nets, weights, x_real, y_org, y_trg, z_trgs=[z_trg, z_trg2],
-                                                     masks=masks)
-        self._update(g_loss, 'generator', 'mapping_network', 'style_encoder')
-        with self._frozen('discriminator', 'style_encoder', 'mapping_network'), self._autocast():
-            g_loss, g_losses_ref = compute_g_loss(nets, weights, x_real, y_org, y_trg, x_refs=[x_ref, x_ref2],
-                                                  masks=masks)
-        self._update(g_loss, 'generator')
+        g_losses_latent = self._step(chunks, lambda c: compute_g_loss(
+            nets, weights, c.x_src, c.y_src, c.y_ref, z_trgs=[c.z_trg, c.z_trg2], masks=c.masks),
+            steps=('generator', 'mapping_network', 'style_encoder'), frozen=('discriminator',))
+        g_losses_ref = self._step(chunks, lambda c: compute_g_loss(
+            nets, weights, c.x_src, c.y_src, c.y_ref, x_refs=[c.x_ref, c.x_ref2], masks=c.masks),
+            steps=('generator',), frozen=('discriminator', 'style_encoder', 'mapping_network'))
 
         for name in ('generator', 'mapping_network', 'style_encoder'):
             moving_average(nets[name], self.nets_ema[name], beta=args.ema_beta)
         terms = [*d_losses_latent.values(), *d_losses_ref.values(), *g_losses_latent.values(), *g_losses_ref.values()]
-        return torch.stack([t.float() for t in terms])
+        # float32 (bf16 terms under --amp promoted); float64 networks (the exactness tests) keep their precision
+        return torch.stack([t if t.dtype == torch.float64 else t.float() for t in terms])
 
-    def _update(self, loss, *names):
-        """zero_grad on every optimiser (as the reference), backward, all-reduce (torchrun) and step the named ones."""
+    def _step(self, chunks, loss_of, steps, frozen=()):
+        """zero_grad on every optimiser (as the reference); per chunk, the loss (with the `frozen` networks frozen)
+        and its backward, weighted by the chunk's share of the batch; then, once, the all-reduce (torchrun) and the
+        step of each network in `steps`. Returns the batch's loss terms."""
         for optim in self.optims.values():
             optim.zero_grad(set_to_none=True)
-        loss.backward()
-        for name in names:
+        parts = []
+        for share, chunk in chunks:
+            with self._frozen(*frozen), self._autocast():
+                loss, terms = loss_of(chunk)
+            (loss if len(chunks) == 1 else share * loss).backward()  # one chunk: the unchunked graph, bit for bit
+            parts.append((share, terms))
+        for name in steps:
             all_reduce_mean_grads(list(self.nets[name].parameters()))
             self.optims[name].step()
+        return weighted_terms(parts)
 
     def _frozen(self, *names):
         return frozen([self.nets[name] for name in names] if self.skip_unused_grads else [])

@@ -12,7 +12,7 @@ Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hp
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
 element-wise work carries compared with the convolutions, and what a perfect kernel for each could reach; a profile
 (scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the
-activation memory (bytes saved for backward, scripts/activation_memory.py) per image. On a CPU, Adam runs one tensor
+activation memory (bytes saved for backward, core/memory.py) per image. On a CPU, Adam runs one tensor
 at a time (about 2,000 extra small calls); on CUDA it is multi-tensor (foreach).
 """
 import argparse
@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from core.config import parse_args  # noqa: E402
+from core.memory import SavedTensorCounter, to_fake  # noqa: E402,F401 (to_fake: also this script's public name)
 
 # aten op name -> kind; anything else is 'elementwise/other'
 KINDS = {
@@ -92,23 +93,6 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def to_fake(solver):
-    """Every parameter and buffer of the solver replaced by a fake tensor of the same shape (no data), the optimizer
-    steps by no-ops; returns the FakeTensorMode to run the iteration under."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    mode = FakeTensorMode()
-    for m in solver.modules():
-        for k, p in list(m._parameters.items()):
-            if p is not None:
-                m._parameters[k] = torch.nn.Parameter(mode.from_tensor(p.detach()), requires_grad=p.requires_grad)
-        for k, b in list(m._buffers.items()):
-            if b is not None:
-                m._buffers[k] = mode.from_tensor(b)
-    for optim in solver.optims.values():
-        optim.step = lambda *a, **k: None
-    return mode
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False)
     p.add_argument('--peak_tflops', type=float, default=400.0,
@@ -127,7 +111,6 @@ def main(argv=None):
     args = parse_args(rest)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from activation_memory import SavedTensorCounter
     from benchlib.workload import ensure_wing, new_solver, synthetic_inputs
     from core.distributed import resolve_device
     device = resolve_device(args.device)
@@ -176,7 +159,7 @@ def main(argv=None):
           f"{total['floor_s'] * 1e3:>10.2f}", file=sys.stderr)
     print(f"per image: {report['per_image']['flops'] / 1e9:.1f} GFLOP; activations saved for backward "
           f"{report['per_image']['activation_bytes'] / 2 ** 20:.1f} MiB (largest of the 4 phases, "
-          f"scripts/activation_memory.py)", file=sys.stderr)
+          f"core/memory.py)", file=sys.stderr)
     if bargs.json:
         with open(bargs.json, 'w') as f:
             json.dump(report, f, indent=1)

@@ -5,6 +5,8 @@
 - two processes end with bit-identical networks and optimiser states on both ranks;
 - two processes (global batch 4 = 2 x 2) give the checkpoints and logged losses of one process (batch 4);
 - a 2-process checkpoint resumes in 1 process onto the same trajectory;
+- two processes with --micro_batch 1 (each local batch of 2 in 2 chunks) land on the same networks, with as many
+  all-reduces as without chunks (once per optimiser step, not per chunk);
 - a rank that dies, or hangs (STARGAN_DIST_TIMEOUT_S), ends the whole job with an error instead of a hang.
 
 The equality runs train in float64: in float32 the two runs differ by the order of the sums (gradients summed over 4
@@ -52,6 +54,16 @@ def _worker():
     fail_rank = int(os.environ.get('SG2_TEST_FAIL_RANK', '1'))
     fail_iter = int(os.environ.get('SG2_TEST_FAIL_ITER', '2'))
     slow_rank0_s = float(os.environ.get('SG2_TEST_SLOW_RANK0_S', '0'))
+    count_dir = os.environ.get('SG2_TEST_COUNT_DIR')  # where each rank writes how many all-reduces it made
+    all_reduces = [0]
+    if count_dir:
+        import torch.distributed as dist
+        all_reduce = dist.all_reduce
+
+        def counted_all_reduce(*a, **k):
+            all_reduces[0] += 1
+            return all_reduce(*a, **k)
+        dist.all_reduce = counted_all_reduce
 
     init, train_step, train = S.Solver.__init__, S.Solver.train_step, S.Solver.train
 
@@ -79,6 +91,10 @@ def _worker():
             barrier()
             print(f'[test] rank {get_rank()}: past the barrier', flush=True)
         out = train(self, loaders)
+        if count_dir:
+            os.makedirs(count_dir, exist_ok=True)
+            with open(os.path.join(count_dir, f'rank{get_rank()}.json'), 'w') as f:
+                json.dump(dict(all_reduce=all_reduces[0], micro_batch=self.micro_batch), f)
         if digest_dir:
             states = {f'nets/{k}': v.state_dict() for k, v in self.nets.items()}
             states.update({f'nets_ema/{k}': v.state_dict() for k, v in self.nets_ema.items()})
@@ -196,7 +212,7 @@ def runs(tmp_path_factory, data):
     root = tmp_path_factory.mktemp('dist_runs')
     t0 = time.time()
     p2 = _start(2, FLAGS + _dirs(root, 'two', data), root / 'two.log', SG2_TEST_FLOAT64=1,
-                SG2_TEST_DIGEST_DIR=root / 'digests')
+                SG2_TEST_DIGEST_DIR=root / 'digests', SG2_TEST_COUNT_DIR=root / 'counts_two')
     p1 = _start(1, FLAGS + _dirs(root, 'one', data), root / 'one.log', SG2_TEST_FLOAT64=1)
     (rc2, out2), (rc1, out1) = _wait(p2, root / 'two.log'), _wait(p1, root / 'one.log')
     assert rc2 == 0, out2[-4000:]
@@ -251,6 +267,26 @@ def test_resume_in_another_world_size(runs, data):
     worst = _max_diff(root / 'one' / 'checkpoints', resumed, STEPS)
     print('largest difference, resumed 2 -> 1 process vs 1 process:', worst)
     assert max(worst.values()) < TOL, worst
+
+
+def test_two_processes_in_chunks_match_one(runs, data):
+    """--micro_batch 1 under torchrun: each rank's batch of 2 in chunks of 1, gradients accumulated, then one
+    all-reduce per optimiser step: the 1-process whole-batch run's networks, and the unchunked run's all-reduce count
+    (6 gradient all-reduces per iteration, one per optimiser step, plus the logged terms')."""
+    root, _, _ = runs
+    log = root / 'chunks.log'
+    rc, out = _wait(_start(2, FLAGS + _dirs(root, 'chunks', data) + ['--micro_batch', '1'], log, SG2_TEST_FLOAT64=1,
+                           SG2_TEST_COUNT_DIR=root / 'counts_chunks'), log)
+    assert rc == 0, out[-4000:]
+    assert 'each step in 2 chunks of at most 1 images (batch 2 per process)' in out
+    worst = _max_diff(root / 'one' / 'checkpoints', root / 'chunks' / 'checkpoints', STEPS)
+    print('largest difference, 2 processes in chunks of 1 vs 1 process:', worst)
+    assert max(worst.values()) < TOL, worst
+    for rank in (0, 1):
+        chunks = json.loads((root / 'counts_chunks' / f'rank{rank}.json').read_text())
+        whole = json.loads((root / 'counts_two' / f'rank{rank}.json').read_text())
+        assert (chunks['micro_batch'], whole['micro_batch']) == (1, 2)
+        assert chunks['all_reduce'] == whole['all_reduce'] == STEPS * (6 + 1)
 
 
 def test_a_lost_rank_ends_the_job(tmp_path, data):
