@@ -29,8 +29,8 @@ PRESETS = {
     # the run). docs/demo.md: what it reaches, how fast, and what else was tried
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
                  lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
-                 batch_size=4, val_batch_size=8, total_iters=1200, print_every=20, sample_every=300,
-                 save_every=600, eval_every=0, num_workers=0, num_outs_per_domain=4,
+                 batch_size=4, val_batch_size=8, total_iters=1100, print_every=20, sample_every=275,
+                 save_every=550, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',

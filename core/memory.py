@@ -42,7 +42,7 @@ class _Saved:
 
 
 class SavedTensorCounter:
-    """phases: the bytes saved in each phase (up to each backward), every storage once; live_peaks: the most of them
+    """phases: the bytes saved in each phase (up to each backward), every storage once while saved; live_peaks: the most of them
     alive at once in each phase (less than the sum where a graph is dropped before the backward, e.g. an output
     detached from its graph)."""
 
@@ -87,6 +87,8 @@ class SavedTensorCounter:
         if entry[0] == 0:
             self._live_bytes -= entry[1]
             del self._live[key]
+            # no graph holds it now: the storage may be freed and its address given to a new one, which must count
+            self._seen.discard(key)
 
     def _end_phase(self):
         self.phases.append(self._bytes)

@@ -5,7 +5,7 @@ coin flip at the domain. Both are asserted, so this test fails when learning is 
 
     python -m pytest -q tests/test_learning.py -s     # -s prints both scores
 
-The demo preset itself, stopped after 300 of its 1,200 iterations; the two runs side by side, one thread each.
+The demo preset itself, stopped after 300 of its 1,100 iterations; the two runs side by side, one thread each.
 Measured (2026-12-03): content error 0.089 (latent-guided 0.095) for the correct run, 0.089 (latent-guided
 0.355: noise) with the fake term's sign flipped, against 0.291 for a generator that ignores its source; latent-guided
 domain accuracy 0.20 and 0.13 (this early the correct run has not learned the domain either: the content separates
