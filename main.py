@@ -1,10 +1,11 @@
-"""StarGAN v2: train, sample, evaluate, align, translate, export.
+"""StarGAN v2: train, sample, evaluate, align, translate, export, serve.
 
     python main.py --mode train --preset demo                  # the quickstart: synthetic data, CPU, minutes
     python main.py --mode train --preset celeba_hq             # the paper's CelebA-HQ setting (data/celeba_hq)
     python main.py --mode sample --resume_iter 100000 --checkpoint_dir expr/checkpoints/celeba_hq
     torchrun --nproc_per_node 4 main.py --mode train ...       # one process per GPU
     python main.py --mode export --to onnx --checkpoint_dir expr/checkpoints/celeba_hq   # docs/deploy.md
+    python main.py --mode serve --preset demo                  # a web page to translate your own images
 """
 import os
 import random
@@ -100,6 +101,9 @@ def main(args):
     elif args.mode == 'export':
         from core.export import export_cli
         export_cli(args)
+    elif args.mode == 'serve':
+        from core.studio import serve_cli
+        code = serve_cli(args, device)
     cleanup()
     return code
 

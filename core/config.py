@@ -19,7 +19,8 @@ PRESETS = {
                       train_img_dir='data/celeba_hq/train', val_img_dir='data/celeba_hq/val'),
     'afhq': dict(img_size=256, num_domains=3, w_hpf=0, lambda_reg=1, lambda_sty=1, lambda_ds=2, lambda_cyc=1,
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
-                 src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref'),
+                 src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref',
+                 studio_inputs='assets/representative/afhq/src', studio_refs='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py: squares and triangles at
     # random places and sizes) at 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice
     # the iterations of batch 8 in the same time: the shapes need iterations more than larger batches), a high
@@ -33,6 +34,7 @@ PRESETS = {
                  save_every=550, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
+                 studio_inputs='expr/demo_data/val', studio_refs='expr/demo_data/val',
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
@@ -67,7 +69,7 @@ def _micro_batch(text):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces, translate, export.',
+    p = argparse.ArgumentParser(description='StarGAN v2: train, sample, evaluate, align faces, translate, export, serve a page.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # model arguments
     p.add_argument('--img_size', type=int, default=256, help='Image resolution')
@@ -115,7 +117,7 @@ def get_parser():
     p.add_argument('--num_outs_per_domain', type=int, default=10, help='Number of generated images per domain during sampling')
 
     # misc
-    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate', 'export'],
+    p.add_argument('--mode', type=str, required=True, choices=['train', 'sample', 'eval', 'align', 'translate', 'export', 'serve'],
                    help='This argument is used in solver')
     p.add_argument('--num_workers', type=int, default=4, help='Number of workers used in DataLoader')
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
@@ -186,6 +188,20 @@ def get_parser():
                         'the FAN masks inside the generator when w_hpf > 0)')
     p.add_argument('--export_dir', type=str, default=None,
                    help='--mode export: where to write (default: beside the network file)')
+
+    # the style studio, a local web page over the translator (--mode serve, core/studio.py; docs/studio.md)
+    p.add_argument('--host', type=str, default='127.0.0.1',
+                   help='--mode serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens the page '
+                        'to the network, with no authentication)')
+    p.add_argument('--port', type=int, default=7860, help='--mode serve: the port (0: any free one)')
+    p.add_argument('--studio_inputs', type=str, default='assets/representative/celeba_hq/src',
+                   help='--mode serve: a folder of sample inputs shown on the page (searched recursively)')
+    p.add_argument('--studio_refs', type=str, default='assets/representative/celeba_hq/ref',
+                   help='--mode serve: the reference gallery, one folder per domain (<folder>/<domain>/*.jpg)')
+    p.add_argument('--max_upload_mb', type=float, default=20,
+                   help='--mode serve: the largest upload, in megabytes')
+    p.add_argument('--max_upload_pixels', type=float, default=40e6,
+                   help='--mode serve: the largest upload, in pixels (width x height)')
 
     # network files (core/safe_load.py)
     p.add_argument('--trust_pickle', action='store_true',
@@ -288,6 +304,9 @@ def summary(args, device):
         parts += [f'input {args.inp_dir}', f'output {args.out_dir}']
     elif args.mode == 'export':
         parts += [f'checkpoints {args.checkpoint_dir}', f'to {args.to}', f'output {args.export_dir or "beside it"}']
+    elif args.mode == 'serve':
+        parts += [f'checkpoints {args.checkpoint_dir}', f'inputs {args.studio_inputs}',
+                  f'references {args.studio_refs}']
     elif args.mode == 'translate':
         parts += [f'checkpoints {args.checkpoint_dir}', f'input {args.inp}', f'target {args.trg_domain}',
                   f'output {args.out_dir}']

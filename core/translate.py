@@ -186,11 +186,13 @@ class Translator:
         self.args = args
         self.domains = list(domains)
         self.device = torch.device(device)
+        self.fname = fname
         _, nets_ema = build_model(args)
         for name in ('generator', 'mapping_network', 'style_encoder'):
             load_into(nets_ema[name], state[name], name, fname)
         self.nets = Munch({k: v.to(self.device).eval() for k, v in nets_ema.items()})
         self._aligner = None
+        self._s_avg = {}  # (domain, seed) -> the domain's mean style: 10,000 codes through F, once per seed
 
     @classmethod
     def from_checkpoint(cls, checkpoint, step=None, args=None, device='cpu', preset=None, **flags):
@@ -220,7 +222,10 @@ class Translator:
         s = self.nets.mapping_network(z, torch.full((num_styles,), y, dtype=torch.long, device=self.device))
         if psi != 1:
             # the latent grids' truncation (core/utils.py): the mean over 10,000 codes, from seed + 1
-            s_avg = average_style(self.nets, y, self.args.latent_dim, generator=torch.Generator().manual_seed(seed + 1))
+            if (y, seed) not in self._s_avg:
+                self._s_avg[y, seed] = average_style(self.nets, y, self.args.latent_dim,
+                                                     generator=torch.Generator().manual_seed(seed + 1))
+            s_avg = self._s_avg[y, seed]
             s = torch.lerp(s_avg, s, psi)
         return s
 

@@ -10,7 +10,10 @@ Writes (under 2 MB in all):
 - assets/demo_losses.png: the 14 loss terms and lambda_ds over the quickstart, from its train_log.jsonl;
 - assets/demo_score.json: the quickstart's score (core/demo_score.py), the numbers the README quotes;
 - assets/speed_memory.png: seconds per iteration and peak GPU memory, the H100 figures measured in
-  docs/benchmarks.md (read from its first table, not re-measured here).
+  docs/benchmarks.md (read from its first table, not re-measured here);
+- assets/studio.png: the studio page (`main.py --mode serve --preset demo`) in a headless Chromium, driven by
+  scripts/studio_browser.py as the browser test drives it: a sample square translated into triangles with three
+  references of the gallery (skipped, with a message, without Playwright and Chromium; --no_screenshot).
 assets/representative/ (the authors' images, scripts/download.sh representative-images) is git-ignored.
 """
 import argparse
@@ -99,9 +102,35 @@ def speed_chart(md_path, png_path):
     print('wrote', os.path.relpath(png_path, REPO))
 
 
+def studio_screenshot(png_path, photo='expr/demo_data/val/square/0006.png', domain='triangle', n_refs=3):
+    """The page on the quickstart's network, after one reference-guided request, as assets/studio.png."""
+    os.chdir(REPO)  # the demo preset's folders are relative to the repository
+    sys.path.insert(0, os.path.join(REPO, 'scripts'))
+    import studio_browser
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return print('assets/studio.png not made: no Playwright (pip install playwright)')
+    if studio_browser.find_chromium() is None:
+        return print('assets/studio.png not made: no Chromium (apt-get install chromium)')
+    import torch
+    from core.config import parse_args
+    from core.studio import Studio, build_page, launch
+    args = parse_args(['--mode', 'serve', '--preset', 'demo'])
+    page = build_page(Studio.from_args(args, torch.device('cpu')))
+    url = launch(page, port=0, block=False, quiet=True)
+    try:
+        r = studio_browser.drive(url, os.path.join(REPO, photo), domain, n_refs=n_refs, screenshot=png_path)
+    finally:
+        page.close()
+    outside = [u for u in r['requests'] if not studio_browser.is_local(u, url.rstrip('/'))]
+    print(f'wrote assets/studio.png ({r["status"]}; {len(r["requests"])} requests, {len(outside)} outside)')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--no_train', action='store_true', help='do not run the quickstart; use expr/demo as it is')
+    p.add_argument('--no_screenshot', action='store_true', help='do not make assets/studio.png (needs a browser)')
     opt = p.parse_args()
     args = demo_args()
     step = args.total_iters
@@ -126,6 +155,8 @@ def main():
         shutil.copy(score, os.path.join(ASSETS, 'demo_score.json'))
         print('wrote assets/demo_score.json')
     speed_chart(os.path.join(REPO, 'docs', 'benchmarks.md'), os.path.join(ASSETS, 'speed_memory.png'))
+    if not opt.no_screenshot:
+        studio_screenshot(os.path.join(ASSETS, 'studio.png'))
     total = sum(os.path.getsize(os.path.join(ASSETS, f)) for f in os.listdir(ASSETS)
                 if os.path.isfile(os.path.join(ASSETS, f)))
     print(f'assets/: {total / 1e6:.2f} MB')
