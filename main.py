@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from munch import Munch
 
-from core.checkpoint import resolve_resume_step
+from core.checkpoint import CheckpointWriteError, resolve_resume_step
 from core.config import parse_args, save_config, summary
 from core.data_loader import DataError, get_test_loader, get_train_loader
 from core.distributed import barrier, cleanup, init_distributed
@@ -56,7 +56,7 @@ def main(args):
             raise SystemExit(f'--batch_size {args.batch_size} (global) must be divisible by the number of '
                              f'processes ({dist_info.world_size})')
         local_batch = args.batch_size // dist_info.world_size
-        start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
+        start = resolve_resume_step(args.resume_iter, args.checkpoint_dir, args.trust_pickle)
         if start == 0 and args.init_from:  # a file that cannot be used stops here, before the run writes anything
             from core.finetune import read_init_file
             read_init_file(args)
@@ -112,7 +112,7 @@ if __name__ == '__main__':
     args = parse_args()
     try:
         sys.exit(main(args))
-    except (DataError, FileNotFoundError, NonFiniteLossError) as e:
+    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:

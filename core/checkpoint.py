@@ -9,11 +9,16 @@ Files are read with torch.load(weights_only=True) (core/safe_load.py): one that 
 with a message naming it, unless trust_pickle (--trust_pickle).
 
     run = RunCheckpoint(checkpoint_dir, nets, nets_ema, optims)   # a training run's files, with its RNG state
-    run.save(step, lambda_ds); run.load(step)
-    step = resolve_resume_step(args.resume_iter, args.checkpoint_dir)   # -1: the latest complete checkpoint
+    run.save(step, lambda_ds); state = run.load(step)
+    step = resolve_resume_step(args.resume_iter, args.checkpoint_dir)   # -1: the latest intact checkpoint
+
+A run's save writes each file atomically, then the state file with their checksums (core/integrity.py); loading
+verifies them. A save that fails (a full disk, an I/O error) removes what it wrote of its step and stops with
+CheckpointWriteError naming the folder: the earlier checkpoints are untouched.
 
 Anything with state_dict()/load_state_dict() can be registered (networks, optimisers).
 """
+import errno
 import os
 import random
 import re
@@ -22,22 +27,26 @@ import tempfile
 import numpy as np
 import torch
 
-from core.safe_load import NetworkFileError, load_torch_file, read_network_file
+from core import integrity
+from core.integrity import NET_FILES, legacy_state_globals  # noqa: F401 (legacy_state_globals: public here before)
+from core.safe_load import NetworkFileError, read_network_file
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '
                 '(and --base_dim/--max_conv_dim/--hidden_dim)')
 
 
-def atomic_write(fname, write):
+def atomic_write(fname, write, digest=False):
     """write(f) into a temp file beside fname, fsync, then rename: fname is either the old file or the complete new
-    one, whatever happens (a crash, Ctrl-C, a full disk) while writing."""
+    one, whatever happens (a crash, Ctrl-C, a full disk) while writing. digest: write(f) gets a write-only wrapper
+    (torch.save needs no seek) and the call returns {'sha256', 'size'} of the bytes written."""
     folder = os.path.dirname(os.path.abspath(fname))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(fname) + '.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            out = integrity.HashingWriter(f) if digest else f
+            write(out)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fname)
@@ -45,10 +54,27 @@ def atomic_write(fname, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return out.record() if digest else None
 
 
 def atomic_torch_save(obj, fname):
-    atomic_write(fname, lambda f: torch.save(obj, f))
+    """torch.save through atomic_write; returns {'sha256', 'size'} of the file."""
+    return atomic_write(fname, lambda f: torch.save(obj, f), digest=True)
+
+
+def fsync_dir(folder):
+    """Makes the renames in folder durable (a power cut could otherwise undo them); some file systems cannot."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def unwrap(module):
@@ -92,10 +118,12 @@ class CheckpointIO:
     def fname(self, step):
         return self.fname_template.format(step)
 
+    def outdict(self):
+        return {name: unwrap(module).state_dict() for name, module in self.module_dict.items()}
+
     def save(self, step):
         fname = self.fname(step)
-        outdict = {name: unwrap(module).state_dict() for name, module in self.module_dict.items()}
-        atomic_torch_save(outdict, fname)
+        atomic_torch_save(self.outdict(), fname)
         return fname
 
     def load(self, step, strict=True):
@@ -160,34 +188,36 @@ def skip_variant(state_dict):
 # --------------------------------------------------------------------------------------------------------------------
 # a training run: the reference's three files per step, and our run state written last
 
-NET_FILES = ('nets', 'nets_ema', 'optims')
+_TMP_FILE = re.compile(r'^\.\d{6}_(nets|nets_ema|optims|state)\.ckpt\..+\.tmp$')
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, an I/O error): one line naming the folder and the error.
+    main.py exits with 2."""
 
 
 def find_latest_step(checkpoint_dir):
-    """Highest step with all three network/optimiser files present (0 if none)."""
+    """Highest step with all three network/optimiser files present (0 if none), their contents unchecked."""
+    steps = integrity.steps_on_disk(checkpoint_dir)
+    return max((s for s, kinds in steps.items() if all(k in kinds for k in NET_FILES)), default=0)
+
+
+def resolve_resume_step(resume_iter, checkpoint_dir, trust_pickle=False):
+    """--resume_iter as a step: -1 means the latest intact checkpoint in checkpoint_dir (0 when there is none);
+    damaged or unfinished newer steps are skipped, each named (core/integrity.py)."""
+    return integrity.latest_intact_step(checkpoint_dir, trust_pickle) if resume_iter < 0 else resume_iter
+
+
+def remove_leftover_temp_files(checkpoint_dir):
+    """Deletes the temporary files of saves that a kill interrupted (never a file under its final name)."""
     if not os.path.isdir(checkpoint_dir):
-        return 0
-    steps = set()
-    for f in os.listdir(checkpoint_dir):
-        if f.endswith('_optims.ckpt') and f[:6].isdigit():
-            step = int(f[:6])
-            if all(os.path.exists(os.path.join(checkpoint_dir, '%06d_%s.ckpt' % (step, k))) for k in NET_FILES):
-                steps.add(step)
-    return max(steps, default=0)
-
-
-def resolve_resume_step(resume_iter, checkpoint_dir):
-    """--resume_iter as a step: -1 means the latest complete checkpoint in checkpoint_dir (0 when there is none)."""
-    return find_latest_step(checkpoint_dir) if resume_iter < 0 else resume_iter
-
-
-def legacy_state_globals():
-    """What the state files of earlier versions need beyond plain data: numpy's RNG state was pickled as an array.
-    The safe loader may rebuild arrays (under numpy 1's and numpy 2's names) and still refuses anything else."""
-    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed numpy.core (the old name warns)
-    rebuild = core.multiarray._reconstruct
-    return [(rebuild, 'numpy.core.multiarray._reconstruct'), (rebuild, 'numpy._core.multiarray._reconstruct'),
-            np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        return []
+    left = sorted(f for f in os.listdir(checkpoint_dir) if _TMP_FILE.match(f))
+    for f in left:
+        os.remove(os.path.join(checkpoint_dir, f))
+    if left:
+        print(f'{checkpoint_dir}: removed {len(left)} temporary file(s) of an interrupted save ({", ".join(left)})')
+    return left
 
 
 def rng_state():
@@ -216,7 +246,8 @@ def set_rng_state(state):
 
 class RunCheckpoint:
     """The files of a run: {step}_nets.ckpt, _nets_ema.ckpt, _optims.ckpt (the reference's) and {step}_state.ckpt
-    (ours: step, lambda_ds, world size, RNG states). Without optimisers (sample/eval) only _nets_ema.ckpt is read."""
+    (ours: step, lambda_ds, world size, RNG states, the training set's fingerprint, the other files' checksums).
+    Without optimisers (sample/eval) only _nets_ema.ckpt is read."""
 
     def __init__(self, checkpoint_dir, nets, nets_ema, optims=None, trust_pickle=False):
         self.checkpoint_dir = checkpoint_dir
@@ -230,20 +261,67 @@ class RunCheckpoint:
                             CheckpointIO(template % 'optims', trust_pickle=trust_pickle, **optims)]
 
     def state_fname(self, step):
-        return os.path.join(self.checkpoint_dir, '%06d_state.ckpt' % step)
+        return integrity.state_path(self.checkpoint_dir, step)
 
     def save(self, step, **state):
-        for ckptio in self.ckptios:
-            ckptio.save(step)
-        # written last: its presence marks a complete checkpoint written by this project
-        state.update(step=step, **rng_state())
-        atomic_torch_save(state, self.state_fname(step))
+        """The three files, then the state file with their checksums. A marker (.{step}_saving) is there for the
+        whole save, so that a save killed at any point is known as unfinished; an OSError removes the step's files
+        and raises CheckpointWriteError."""
+        folder, marker = self.checkpoint_dir, integrity.marker_path(self.checkpoint_dir, step)
+        try:
+            with open(marker, 'wb'):
+                pass
+            if os.path.exists(self.state_fname(step)):  # a step saved again: its old seal must not cover new files
+                os.remove(self.state_fname(step))
+            files = {os.path.basename(c.fname(step)): atomic_torch_save(c.outdict(), c.fname(step))
+                     for c in self.ckptios}
+            fsync_dir(folder)  # the three renames reach the disk before the state file that vouches for them
+            state.update(step=step, files=files, **rng_state())
+            atomic_torch_save(integrity.seal(state), self.state_fname(step))
+            fsync_dir(folder)
+        except OSError as e:
+            self._remove_step(step)
+            raise CheckpointWriteError(self._write_error(step, e)) from None
+        try:
+            os.remove(marker)
+        except OSError:  # the state file is written: the step is complete whatever becomes of the marker
+            pass
+
+    def _remove_step(self, step):
+        paths = [integrity.net_path(self.checkpoint_dir, step, k) for k in NET_FILES]
+        paths += [self.state_fname(step), integrity.marker_path(self.checkpoint_dir, step)]
+        for path in paths:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    def _write_error(self, step, e):
+        name = errno.errorcode.get(e.errno, 'error') if e.errno else type(e).__name__
+        where = f' ({os.path.basename(e.filename)})' if e.filename else ''
+        earlier = [s for s, kinds in integrity.steps_on_disk(self.checkpoint_dir).items()
+                   if 'state' in kinds and s < step]
+        kept = f'the latest earlier checkpoint, step {max(earlier)}, is untouched' if earlier else \
+            'there is no earlier checkpoint'
+        fix = 'Free space there' if e.errno in (errno.ENOSPC, errno.EDQUOT) else 'Check the disk'
+        return (f'cannot write the checkpoint of step {step} in {self.checkpoint_dir}: {name}: '
+                f'{e.strerror or e}{where}; its partial files were removed and {kept}. {fix} (or choose another '
+                f'--checkpoint_dir) and resume with --resume_iter -1.')
 
     def load(self, step, restore_rng=False):
-        """Loads the networks (and optimisers); with restore_rng, the process RNG states of a state file if there is
-        one (an authors' checkpoint has none)."""
+        """Loads the networks (and optimisers) after checking them against the step's state file; with
+        restore_rng, the process RNG states of the state file if there is one (an authors' checkpoint has none).
+        Returns the state file's dict ({} without one)."""
+        if len(self.ckptios) == 3:
+            integrity.require_intact(self.checkpoint_dir, step, NET_FILES, trust_pickle=self.trust_pickle)
+        else:  # sample/eval: only the EMA file, checked when the state file records it
+            integrity.verify_network_file(self.ckptios[0].fname(step), '--resume_iter', self.trust_pickle)
         for ckptio in self.ckptios:
             ckptio.load(step)
         fname = self.state_fname(step)
-        if restore_rng and os.path.exists(fname):
-            set_rng_state(load_torch_file(fname, '--resume_iter', self.trust_pickle, allowed=legacy_state_globals()))
+        if not os.path.exists(fname) or not (restore_rng or len(self.ckptios) == 3):
+            return {}
+        state = integrity.read_state(fname, self.trust_pickle)
+        if restore_rng:
+            set_rng_state(state)
+        return state

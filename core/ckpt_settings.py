@@ -16,6 +16,7 @@ import re
 from munch import Munch
 
 from core.checkpoint import strip_module_prefix
+from core.integrity import verify_network_file
 from core.safe_load import NetworkFileError, read_network_file
 
 NETS = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
@@ -31,6 +32,7 @@ def read_nets_file(fname, flag='--init_from', trust_pickle=False):
     trust_pickle."""
     if not os.path.isfile(fname):
         raise FileNotFoundError(f'{flag}: network file not found: {fname}')
+    verify_network_file(fname, flag, trust_pickle)  # one of our runs' files: against its step's state file
     raw = read_network_file(fname, flag, trust_pickle)
     if not isinstance(raw, dict) or not {'generator', 'mapping_network', 'style_encoder'} <= set(raw):
         keys = list(map(str, raw)) if isinstance(raw, dict) else []

@@ -203,6 +203,12 @@ def get_parser():
     p.add_argument('--max_upload_pixels', type=float, default=40e6,
                    help='--mode serve: the largest upload, in pixels (width x height)')
 
+    # faults a long run meets (core/integrity.py, core/run_identity.py; docs/outputs.md)
+    p.add_argument('--allow_data_change', action='store_true',
+                   help='Resume although the training set (file names and sizes per domain) differs from the one '
+                        'the checkpoint recorded; the data order from then on is the new set\'s. Without it such a '
+                        'resume stops with a message saying what changed')
+
     # network files (core/safe_load.py)
     p.add_argument('--trust_pickle', action='store_true',
                    help='Load network, state and wing.ckpt files that need full unpickling (weights_only=False): such '

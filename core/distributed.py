@@ -78,8 +78,26 @@ def init_distributed(device_arg='auto', timeout_s=None):
             device = torch.device('cuda', local_rank)
             torch.cuda.set_device(device)  # NCCL creates its communicator on the current device
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        restart = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+        if restart == '0':
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout, rank=int(os.environ['RANK']),
+                                    world_size=world_size, store=_attempt_store(restart, world_size, timeout))
     return Munch(device=device, rank=get_rank(), world_size=get_world_size())
+
+
+def _attempt_store(restart, world_size, timeout):
+    """The rendezvous store under a prefix of its own for a restarted attempt (torchrun --max-restarts): torchrun's
+    agent keeps serving the same store across attempts, and the process group's keys of the dead attempt (the
+    ranks' addresses, the start-up barrier's count) would otherwise be read by the new one, whose start then hangs
+    until the timeout."""
+    rank = int(os.environ['RANK'])
+    agent = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'  # else rank 0 serves it, anew each attempt
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size,
+                          is_master=not agent and rank == 0, timeout=timeout, multi_tenant=not agent)
+    return dist.PrefixStore(f'stargan_attempt_{restart}', store)
 
 
 def all_reduce_mean_grads(params):

@@ -5,7 +5,8 @@
     solver.sample(loaders)     # loaders: Munch(src, ref)  -> core/sampling.py
     solver.evaluate()          # FID and LPIPS             -> metrics/eval.py
 
-Checkpoint files: core/checkpoint.py; logging and the stop signals: core/train_log.py; --compile: core/compile.py.
+Checkpoint files: core/checkpoint.py (their checksums: core/integrity.py; the training set a resume must share:
+core/run_identity.py); logging and the stop signals: core/train_log.py; --compile: core/compile.py.
 """
 import contextlib
 
@@ -15,7 +16,7 @@ from munch import Munch
 from tqdm import tqdm
 
 from core import utils
-from core.checkpoint import RunCheckpoint, resolve_resume_step
+from core.checkpoint import RunCheckpoint, remove_leftover_temp_files, resolve_resume_step
 from core.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
 from core.data_loader import InputFetcher
 from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process,
@@ -135,10 +136,15 @@ class Solver(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self, loaders):
+        from core.run_identity import check_resume, fingerprint
         args, main = self.args, is_main_process()
-        start = resolve_resume_step(args.resume_iter, args.checkpoint_dir)
+        if main:
+            remove_leftover_temp_files(args.checkpoint_dir)
+        start = resolve_resume_step(args.resume_iter, args.checkpoint_dir, args.trust_pickle)
+        self.data_fingerprint = fingerprint(loaders.src, args.train_img_dir)  # recorded in every state file
         if start > 0:
-            self.checkpoint.load(start, restore_rng=True)
+            state = self.checkpoint.load(start, restore_rng=True)
+            check_resume(state, self.data_fingerprint, args, start)
         elif args.init_from:  # fine-tuning (core/finetune.py); a resume of such a run loads its own checkpoint
             from core.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
@@ -183,21 +189,22 @@ class Solver(nn.Module):
     def _save(self, step):
         if is_main_process():
             self.checkpoint.save(step, lambda_ds=lambda_ds_at(step, self.args.lambda_ds, self.args.ds_iter),
-                                 world_size=get_world_size())
+                                 world_size=get_world_size(), data=getattr(self, 'data_fingerprint', None))
         return step
 
     # ------------------------------------------------------------------------------------------------ other modes
     @torch.no_grad()
     def sample(self, loaders):
         from core.sampling import sample
-        self.checkpoint.load(resolve_resume_step(self.args.resume_iter, self.args.checkpoint_dir))
+        self.checkpoint.load(resolve_resume_step(self.args.resume_iter, self.args.checkpoint_dir,
+                                                 self.args.trust_pickle))
         src = next(InputFetcher(loaders.src, None, self.args.latent_dim, 'test', self.device))
         ref = next(InputFetcher(loaders.ref, None, self.args.latent_dim, 'test', self.device))
         return sample(self.nets_ema, self.args, src, ref)
 
     @torch.no_grad()
     def evaluate(self):
-        step = resolve_resume_step(self.args.resume_iter, self.args.checkpoint_dir)
+        step = resolve_resume_step(self.args.resume_iter, self.args.checkpoint_dir, self.args.trust_pickle)
         self.checkpoint.load(step)
         self.evaluate_nets(step)
 

@@ -7,7 +7,10 @@
 - a 2-process checkpoint resumes in 1 process onto the same trajectory;
 - two processes with --micro_batch 1 (each local batch of 2 in 2 chunks) land on the same networks, with as many
   all-reduces as without chunks (once per optimiser step, not per chunk);
-- a rank that dies, or hangs (STARGAN_DIST_TIMEOUT_S), ends the whole job with an error instead of a hang.
+- a rank that dies (kill -9), or hangs (STARGAN_DIST_TIMEOUT_S), ends the whole job with an error instead of
+  a hang, leaving only complete checkpoints;
+- under torchrun --max-restarts 1 with --resume_iter -1, a job that lost a rank restarts from its latest checkpoint
+  and ends with the files of a run never interrupted.
 
 The equality runs train in float64: in float32 the two runs differ by the order of the sums (gradients summed over 4
 samples in one kernel, or over 2 then all-reduced), and Adam's first steps, lr * g / (|g| + eps), turn that rounding
@@ -50,9 +53,11 @@ def _worker():
 
     float64 = os.environ.get('SG2_TEST_FLOAT64') == '1'
     digest_dir = os.environ.get('SG2_TEST_DIGEST_DIR')
-    fail = os.environ.get('SG2_TEST_FAIL')  # 'exit' or 'hang'
+    fail = os.environ.get('SG2_TEST_FAIL')  # 'hang', or 'kill' (SIGKILL between two optimiser steps)
     fail_rank = int(os.environ.get('SG2_TEST_FAIL_RANK', '1'))
     fail_iter = int(os.environ.get('SG2_TEST_FAIL_ITER', '2'))
+    if os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') != os.environ.get('SG2_TEST_FAIL_ATTEMPT', '0'):
+        fail = None  # a restarted job runs through
     slow_rank0_s = float(os.environ.get('SG2_TEST_SLOW_RANK0_S', '0'))
     count_dir = os.environ.get('SG2_TEST_COUNT_DIR')  # where each rank writes how many all-reduces it made
     all_reduces = [0]
@@ -65,18 +70,26 @@ def _worker():
             return all_reduce(*a, **k)
         dist.all_reduce = counted_all_reduce
 
-    init, train_step, train = S.Solver.__init__, S.Solver.train_step, S.Solver.train
+    init, train_step, train, one_step = S.Solver.__init__, S.Solver.train_step, S.Solver.train, S.Solver._step
+    now = Munch(iteration=None, steps=0)
 
     def patched_init(self, *a, **kw):
         init(self, *a, **kw)
         if float64:
             self.double()  # in place: the optimisers keep their parameters
 
+    def patched_step(self, *a, **kw):
+        now.steps += 1
+        if fail == 'kill' and now.iteration == fail_iter and now.steps == 2 and get_rank() == fail_rank:
+            # after the first optimiser step's all-reduce: the other rank waits in the second's
+            print(f'[test] rank {fail_rank}: kill at iteration {fail_iter}', flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return one_step(self, *a, **kw)
+
     def patched_train_step(self, inputs, step):
-        if fail and step == fail_iter and get_rank() == fail_rank:
+        now.iteration, now.steps = step, 0
+        if fail == 'hang' and step == fail_iter and get_rank() == fail_rank:
             print(f'[test] rank {fail_rank}: {fail} at iteration {step}', flush=True)
-            if fail == 'exit':
-                os._exit(3)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a stuck process, not one that saves and exits
             while True:
                 time.sleep(1)
@@ -105,6 +118,7 @@ def _worker():
         return out
 
     S.Solver.__init__, S.Solver.train_step, S.Solver.train = patched_init, patched_train_step, patched_train
+    S.Solver._step = patched_step
     runpy.run_path(str(REPO / 'main.py'), run_name='__main__')
 
 
@@ -264,6 +278,7 @@ def test_resume_in_another_world_size(runs, data):
                            SG2_TEST_FLOAT64=1), log)
     assert rc == 0, out[-4000:]
     assert 'Start training from step 2' in out
+    assert 'step 2 was saved by 2 process(es), this run has 1: the same global batch of 4' in out
     worst = _max_diff(root / 'one' / 'checkpoints', resumed, STEPS)
     print('largest difference, resumed 2 -> 1 process vs 1 process:', worst)
     assert max(worst.values()) < TOL, worst
@@ -290,33 +305,67 @@ def test_two_processes_in_chunks_match_one(runs, data):
 
 
 def test_a_lost_rank_ends_the_job(tmp_path, data):
-    """Rank 1 dies (torchrun stops the job) or hangs (rank 0's all-reduce times out after STARGAN_DIST_TIMEOUT_S)
-    at iteration 2: the job ends with a non-zero exit status and a message saying what happened.
+    """Rank 1 is killed (SIGKILL, between two optimiser steps) or hangs (rank 0's all-reduce times out after
+    STARGAN_DIST_TIMEOUT_S) in the third iteration (step index 2): the job ends with a non-zero exit status and a
+    message saying what happened. The killed job saves at every step: it leaves its complete checkpoints of steps 1
+    and 2, nothing else.
 
     In the hang case rank 0 first works alone for longer than that timeout while rank 1 waits at a barrier (as
     during an evaluation at eval_every): a slow rank 0 is not a lost one, barriers have their own long timeout.
     The two jobs run at the same time (the hang job mostly waits)."""
+    from core import integrity
     flags = FLAGS + ['--total_iters', '50', '--save_every', '0']  # the later flags win
     timeout_s = 6  # also bounds the start-up (gloo's connection set-up): not shorter on a busy machine
-    envs = dict(exit=dict(SG2_TEST_FAIL='exit'),  # noticed without a timeout: the peer's connection closes
+    envs = dict(kill=dict(SG2_TEST_FAIL='kill'),  # noticed without a timeout: the peer's connection closes
                 hang=dict(SG2_TEST_FAIL='hang', STARGAN_DIST_TIMEOUT_S=timeout_s, SG2_TEST_SLOW_RANK0_S=timeout_s + 2))
     t0 = time.time()
-    procs = {fail: _start(2, flags + _dirs(tmp_path, fail, data), tmp_path / f'{fail}.log', **env)
+    procs = {fail: _start(2, flags + _dirs(tmp_path, fail, data) + (['--save_every', '1'] if fail == 'kill' else []),
+                          tmp_path / f'{fail}.log', **env)
              for fail, env in envs.items()}
     for fail, proc in procs.items():
         rc, out = _wait(proc, tmp_path / f'{fail}.log', timeout=180)
-        print(f'{fail}: exit status {rc} after {time.time() - t0:.1f} s')
+        elapsed = time.time() - t0
+        print(f'{fail}: exit status {rc} after {elapsed:.1f} s')
         assert rc != 0, out[-4000:]
         assert f'[test] rank 1: {fail} at iteration 2' in out, out[-4000:]
         assert 'Iteration [50/50]' not in out
-        if fail == 'exit':
+        if fail == 'kill':
+            assert elapsed < 60, out[-4000:]  # start-up included
             # torchrun's summary names rank 1 as the root cause (rank 0's own message varies with the timing:
             # connection reset or closed by peer, or the SIGTERM torchrun sends it)
             root_cause = out[out.index('Root Cause'):]
-            assert 'rank      : 1' in root_cause and 'exitcode  : 3' in root_cause, out[-4000:]
+            assert 'rank      : 1' in root_cause and 'exitcode  : -9' in root_cause, out[-4000:]
+            ckpt = str(tmp_path / fail / 'checkpoints')
+            assert sorted(integrity.steps_on_disk(ckpt)) == [1, 2], os.listdir(ckpt)
+            assert all(integrity.check_step(ckpt, step) is None for step in (1, 2))
+            assert not [f for f in os.listdir(ckpt) if f.startswith('.')]  # no temporary file, no unfinished save
         else:
             assert out.count('past the barrier') == 2, out[-4000:]
             assert f'Timed out waiting {timeout_s * 1000}ms' in out, out[-4000:]
+
+
+def test_a_restarted_job_continues_from_the_latest_checkpoint(runs, data):
+    """torchrun --max-restarts 1 and --resume_iter -1: rank 1 killed in the third iteration of the first attempt, the
+    second attempt starts from the checkpoint of step 2 and ends with the files of the run never interrupted, byte
+    for byte (the same world size: the same sums in the same order)."""
+    from core import integrity
+    root, _, _ = runs
+    log = root / 'restarted.log'
+    cmd = _cmd(2, *FLAGS, *_dirs(root, 'restarted', data), '--resume_iter', '-1')
+    cmd.insert(cmd.index('--nproc_per_node'), '--max-restarts=1')
+    t0 = time.time()
+    with open(log, 'w') as f:
+        # a timeout that ends a restarted attempt whose start hangs (the store's keys of the dead one) within a minute
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(SG2_TEST_FLOAT64=1, SG2_TEST_FAIL='kill',
+                                                        STARGAN_DIST_TIMEOUT_S=60), stdout=f, stderr=subprocess.STDOUT)
+    rc, out = _wait(proc, log, timeout=240)
+    print(f'killed and restarted: {time.time() - t0:.1f} s')
+    assert rc == 0, out[-4000:]
+    assert out.count('[test] rank 1: kill at iteration 2') == 1, out[-4000:]
+    assert out.count('Start training from step 2 (global batch 4, 2 process(es)') == 2, out[-4000:]  # both ranks
+    restarted, two = str(root / 'restarted' / 'checkpoints'), str(root / 'two' / 'checkpoints')
+    saved = integrity.read_state(integrity.state_path(two, STEPS))['files']
+    assert {f: integrity.file_record(os.path.join(restarted, f)) for f in saved} == saved
 
 
 if __name__ == '__main__':

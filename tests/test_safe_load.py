@@ -117,12 +117,23 @@ def test_sample_and_eval_refuse(tmp_path, marker, mode):
 
 @pytest.mark.parametrize('kind', ['nets', 'nets_ema', 'optims', 'state'])
 def test_resume_refuses_every_file_of_a_run(tmp_path, marker, kind):
+    from core import integrity
     from core.solver import Solver
     args = tiny_args(checkpoint_dir=str(tmp_path))
     torch.manual_seed(0)
     solver = Solver(args, 'cpu')
     solver.checkpoint.save(2, lambda_ds=1.0, world_size=1)
-    add_payload(str(tmp_path / f'000002_{kind}.ckpt'), marker)
+    fname = add_payload(str(tmp_path / f'000002_{kind}.ckpt'), marker)
+    if kind != 'state':
+        # a file changed after its save no longer matches the checksum in the state file: refused unread
+        with pytest.raises(integrity.DamagedCheckpointError, match=f'000002_{kind}.ckpt is damaged'):
+            Solver(args, 'cpu').checkpoint.load(2, restore_rng=True)
+        assert not marker.exists()
+        # a state file forged to match it: the safe loader refuses the file
+        state_fname = str(tmp_path / '000002_state.ckpt')
+        state = integrity.read_state(state_fname)
+        state['files'][os.path.basename(fname)] = integrity.file_record(fname)
+        torch.save(integrity.seal(state), state_fname)
     refused(marker, lambda: Solver(args, 'cpu').checkpoint.load(2, restore_rng=True))
 
 
