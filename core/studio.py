@@ -309,7 +309,8 @@ def build_page(studio, title='StarGAN v2 studio'):
                             mix_psi = gr.Slider(0, 1, value=1.0, step=0.05, label='psi of latent styles')
                         go_mix = gr.Button('Translate with the mix', variant='primary', elem_id='go_mix')
                 outputs = gr.Gallery(label='Translations (PNG; the download button saves one)', columns=4,
-                                     height=360, format='png', type='pil', buttons=['download', 'fullscreen'],
+                                     height='auto', object_fit='contain', format='png', type='pil',
+                                     buttons=['download', 'fullscreen'],
                                      elem_id='outputs', elem_classes=cls)
                 status = gr.Markdown(elem_id='status')
 
