@@ -223,6 +223,8 @@ class Translator:
         if psi != 1:
             # the latent grids' truncation (core/utils.py): the mean over 10,000 codes, from seed + 1
             if (y, seed) not in self._s_avg:
+                if len(self._s_avg) >= 64:  # the studio's seeds come from its users: a bounded cache
+                    self._s_avg.clear()
                 self._s_avg[y, seed] = average_style(self.nets, y, self.args.latent_dim,
                                                      generator=torch.Generator().manual_seed(seed + 1))
             s_avg = self._s_avg[y, seed]

@@ -113,6 +113,9 @@ def test_latent_styles_equal_the_api(studio):
     # another seed gives other styles: the seed reaches the network
     other, _ = latent(studio, photo(studio), 'male', k=1, psi=0.7, seed=6)
     assert (pixels(other[0]['image']) != pixels(outputs[0]['image'])).any()
+    # the same request again: the server's mean style of (male, seed 5) now comes from its cache, the same pixels
+    again, _ = latent(studio, photo(studio), 'male', k=3, psi=0.7, seed=5)
+    assert_same(again, expected)
 
 
 def test_reference_styles_equal_the_api(studio):
