@@ -18,9 +18,9 @@ from munch import Munch
 from core.checkpoint import CheckpointWriteError, resolve_resume_step
 from core.config import parse_args, save_config, summary
 from core.data_loader import DataError, get_test_loader, get_train_loader
-from core.distributed import barrier, cleanup, init_distributed
+from core.machinery.distributed import barrier, cleanup, init_distributed
 from core.solver import Solver
-from core.train_log import NonFiniteLossError
+from core.machinery.train_log import NonFiniteLossError
 
 
 def subdirs(dname):
@@ -43,12 +43,12 @@ def main(args):
 
     on_demo_data = False
     if args.preset == 'demo' and args.mode in ('train', 'sample', 'eval'):
-        from core.demo_data import prepare_demo_data
+        from core.demo.data import prepare_demo_data
         if dist_info.rank == 0:
             on_demo_data = prepare_demo_data(args.train_img_dir, args.val_img_dir, args.img_size)
         barrier()  # the other ranks read it next
 
-    from core.representative import check_representative
+    from core.inference.representative import check_representative
     check_representative(args)  # the defaults name assets/representative/...: one message saying how to get them
 
     if args.mode == 'train':
@@ -58,7 +58,7 @@ def main(args):
         local_batch = args.batch_size // dist_info.world_size
         start = resolve_resume_step(args.resume_iter, args.checkpoint_dir, args.trust_pickle)
         if start == 0 and args.init_from:  # a file that cannot be used stops here, before the run writes anything
-            from core.finetune import read_init_file
+            from core.files.finetune import read_init_file
             read_init_file(args)
         solver = Solver(args, device)
         common = dict(img_size=args.img_size, batch_size=local_batch, prob=args.randcrop_prob,
@@ -76,7 +76,7 @@ def main(args):
             save_config(args, os.path.join(args.checkpoint_dir, 'args.json'))
         solver.train(loaders)
         if on_demo_data:  # rank 0 only: how well the demo translates, from what its data's generator knows
-            from core.demo_score import score_demo
+            from core.demo.score import score_demo
             score_demo(solver.nets_ema, args, device, step=args.total_iters)
     elif args.mode == 'sample':
         for flag, d in (('--src_dir', args.src_dir), ('--ref_dir', args.ref_dir)):
@@ -96,13 +96,13 @@ def main(args):
         from core.wing import align_faces
         align_faces(args, args.inp_dir, args.out_dir, device=device)
     elif args.mode == 'translate':
-        from core.translate import translate_cli
+        from core.inference.translate import translate_cli
         code = translate_cli(args, device)  # 1 when some input was skipped
     elif args.mode == 'export':
-        from core.export import export_cli
+        from core.inference.export import export_cli
         export_cli(args)
     elif args.mode == 'serve':
-        from core.studio import serve_cli
+        from core.inference.studio import serve_cli
         code = serve_cli(args, device)
     cleanup()
     return code

@@ -5,14 +5,14 @@
     ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`;
                         # without {step}_nets_ema.ckpt, the {step}_nets_ema.safetensors of --mode export
 
-Files are read with torch.load(weights_only=True) (core/safe_load.py): one that would run code when unpickled stops
+Files are read with torch.load(weights_only=True) (core/files/safe_load.py): one that would run code when unpickled stops
 with a message naming it, unless trust_pickle (--trust_pickle).
 
     run = RunCheckpoint(checkpoint_dir, nets, nets_ema, optims)   # a training run's files, with its RNG state
     run.save(step, lambda_ds); state = run.load(step)
     step = resolve_resume_step(args.resume_iter, args.checkpoint_dir)   # -1: the latest intact checkpoint
 
-A run's save writes each file atomically, then the state file with their checksums (core/integrity.py); loading
+A run's save writes each file atomically, then the state file with their checksums (core/machinery/integrity.py); loading
 verifies them. A save that fails (a full disk, an I/O error) removes what it wrote of its step and stops with
 CheckpointWriteError naming the folder: the earlier checkpoints are untouched.
 
@@ -27,9 +27,9 @@ import tempfile
 import numpy as np
 import torch
 
-from core import integrity
-from core.integrity import NET_FILES, legacy_state_globals  # noqa: F401 (legacy_state_globals: public here before)
-from core.safe_load import NetworkFileError, read_network_file
+from core.machinery import integrity
+from core.machinery.integrity import NET_FILES, legacy_state_globals  # noqa: F401 (legacy_state_globals: public here before)
+from core.files.safe_load import NetworkFileError, read_network_file
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '
@@ -204,7 +204,7 @@ def find_latest_step(checkpoint_dir):
 
 def resolve_resume_step(resume_iter, checkpoint_dir, trust_pickle=False):
     """--resume_iter as a step: -1 means the latest intact checkpoint in checkpoint_dir (0 when there is none);
-    damaged or unfinished newer steps are skipped, each named (core/integrity.py)."""
+    damaged or unfinished newer steps are skipped, each named (core/machinery/integrity.py)."""
     return integrity.latest_intact_step(checkpoint_dir, trust_pickle) if resume_iter < 0 else resume_iter
 
 

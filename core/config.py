@@ -21,7 +21,7 @@ PRESETS = {
                  train_img_dir='data/afhq/train', val_img_dir='data/afhq/val',
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref',
                  studio_inputs='assets/representative/afhq/src', studio_refs='assets/representative/afhq/ref'),
-    # the quickstart: a synthetic two-domain set drawn on first use (core/demo_data.py: squares and triangles at
+    # the quickstart: a synthetic two-domain set drawn on first use (core/demo/data.py: squares and triangles at
     # random places and sizes) at 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice
     # the iterations of batch 8 in the same time: the shapes need iterations more than larger batches), a high
     # learning rate (F's 1/100 of it, as in the paper, so that the latent styles keep their spread), a short EMA, no
@@ -161,7 +161,7 @@ def get_parser():
                    help='What --mode sample writes, comma-separated: reference, latent (the psi grids), video_ref, '
                         'video_latent')
 
-    # translating one's own images (--mode translate, core/translate.py) and fine-tuning (core/finetune.py)
+    # translating one's own images (--mode translate, core/inference/translate.py) and fine-tuning (core/files/finetune.py)
     p.add_argument('--inp', type=str, default=None,
                    help='--mode translate: an image, or a folder searched recursively (outputs keep the relative path)')
     p.add_argument('--trg_domain', type=str, default=None,
@@ -181,7 +181,7 @@ def get_parser():
                    help='--mode train: start G, F, E (and D if present) and their EMA copies from this '
                         '*_nets_ema.ckpt or *_nets.ckpt (fine-tuning; fresh optimisers at step 0)')
 
-    # exporting a network file (--mode export, core/export.py; docs/deploy.md)
+    # exporting a network file (--mode export, core/inference/export.py; docs/deploy.md)
     p.add_argument('--to', type=str, default='safetensors', choices=['safetensors', 'onnx'],
                    help='--mode export: safetensors (G, F, E as *_nets_ema.safetensors: tensors only, read wherever '
                         'a *_nets_ema.ckpt is) or onnx (graphs of the mapping network, style encoder and generator, '
@@ -189,7 +189,7 @@ def get_parser():
     p.add_argument('--export_dir', type=str, default=None,
                    help='--mode export: where to write (default: beside the network file)')
 
-    # the style studio, a local web page over the translator (--mode serve, core/studio.py; docs/studio.md)
+    # the style studio, a local web page over the translator (--mode serve, core/inference/studio.py; docs/studio.md)
     p.add_argument('--host', type=str, default='127.0.0.1',
                    help='--mode serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens the page '
                         'to the network, with no authentication)')
@@ -203,13 +203,13 @@ def get_parser():
     p.add_argument('--max_upload_pixels', type=float, default=40e6,
                    help='--mode serve: the largest upload, in pixels (width x height)')
 
-    # faults a long run meets (core/integrity.py, core/run_identity.py; docs/outputs.md)
+    # faults a long run meets (core/machinery/integrity.py, core/machinery/run_identity.py; docs/outputs.md)
     p.add_argument('--allow_data_change', action='store_true',
                    help='Resume although the training set (file names and sizes per domain) differs from the one '
                         'the checkpoint recorded; the data order from then on is the new set\'s. Without it such a '
                         'resume stops with a message saying what changed')
 
-    # network files (core/safe_load.py)
+    # network files (core/files/safe_load.py)
     p.add_argument('--trust_pickle', action='store_true',
                    help='Load network, state and wing.ckpt files that need full unpickling (weights_only=False): such '
                         'a file can run any code when loaded; only for files from a source you trust. Without it, '

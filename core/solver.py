@@ -5,8 +5,8 @@
     solver.sample(loaders)     # loaders: Munch(src, ref)  -> core/sampling.py
     solver.evaluate()          # FID and LPIPS             -> metrics/eval.py
 
-Checkpoint files: core/checkpoint.py (their checksums: core/integrity.py; the training set a resume must share:
-core/run_identity.py); logging and the stop signals: core/train_log.py; --compile: core/compile.py.
+Checkpoint files: core/checkpoint.py (their checksums: core/machinery/integrity.py; the training set a resume must share:
+core/machinery/run_identity.py); logging and the stop signals: core/machinery/train_log.py; --compile: core/machinery/compile.py.
 """
 import contextlib
 
@@ -17,15 +17,15 @@ from tqdm import tqdm
 
 from core import utils
 from core.checkpoint import RunCheckpoint, remove_leftover_temp_files, resolve_resume_step
-from core.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
+from core.machinery.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
 from core.data_loader import InputFetcher
-from core.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process,
+from core.machinery.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process,
                               resolve_device)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
-from core.micro_batch import resolve_micro_batch, split_batch, weighted_terms
+from core.machinery.micro_batch import resolve_micro_batch, split_batch, weighted_terms
 from core.model import build_model, masks_of
-from core.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
+from core.machinery.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
 
 
 def every(period, step):
@@ -72,7 +72,7 @@ class Solver(nn.Module):
         self.micro_batch = 0  # images per chunk of the training step (0: the whole batch)
         if args.mode == 'train':
             local_batch = max(1, args.batch_size // get_world_size())
-            self.micro_batch = resolve_micro_batch(args, self.device, local_batch)
+            self.micro_batch = resolve_micro_batch(args, self.device, local_batch, solver_cls=type(self))
         if args.compile and args.mode == 'train':
             self.logits_and_r1 = compile_nets(self.nets, args)
 
@@ -80,7 +80,7 @@ class Solver(nn.Module):
     def train_step(self, inputs, step):
         """D latent, D reference, G latent (steps G, F, E), G reference (steps G), EMA. Returns the 14 loss terms as
         one detached tensor (no host sync). With --micro_batch each step runs over chunks of the batch, their
-        gradients accumulated (core/micro_batch.py): the whole batch's update and terms, to float rounding."""
+        gradients accumulated (core/machinery/micro_batch.py): the whole batch's update and terms, to float rounding."""
         args, nets = self.args, self.nets
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
@@ -136,7 +136,7 @@ class Solver(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ the loop
     def train(self, loaders):
-        from core.run_identity import check_resume, fingerprint
+        from core.machinery.run_identity import check_resume, fingerprint
         args, main = self.args, is_main_process()
         if main:
             remove_leftover_temp_files(args.checkpoint_dir)
@@ -145,8 +145,8 @@ class Solver(nn.Module):
         if start > 0:
             state = self.checkpoint.load(start, restore_rng=True)
             check_resume(state, self.data_fingerprint, args, start)
-        elif args.init_from:  # fine-tuning (core/finetune.py); a resume of such a run loads its own checkpoint
-            from core.finetune import init_from
+        elif args.init_from:  # fine-tuning (core/files/finetune.py); a resume of such a run loads its own checkpoint
+            from core.files.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)
         inputs_val = next(InputFetcher(loaders.val, None, args.latent_dim, 'val', self.device)) if main else None

@@ -21,8 +21,8 @@ from munch import Munch
 from PIL import Image
 
 from core.align import DOWNLOAD_HINT, FaceGeometry, list_images
-from core.distributed import resolve_device
-from core.safe_load import load_torch_file
+from core.machinery.distributed import resolve_device
+from core.files.safe_load import load_torch_file
 
 
 class AddCoords(nn.Module):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from core import utils
 from core.config import complete_args
 from core.data_loader import DataError, get_eval_loader, seeded_generator
-from core.distributed import barrier, is_main_process
+from core.machinery.distributed import barrier, is_main_process
 from core.model import masks_of
 from metrics.fid import (feature_statistics, folder_statistics, frechet_distance, inception_inputs, load_inception,
                          to_uint8)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from core.checkpoint import atomic_write
 from core.data_loader import eval_transform, get_eval_loader, listdir
-from core.distributed import resolve_device
+from core.machinery.distributed import resolve_device
 from metrics.weights import INCEPTION, file_signature, load_strict, resolve_weights
 
 CACHE_VERSION = 1  # bump when anything that changes the statistics changes

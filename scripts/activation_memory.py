@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""The memory of one training iteration per --micro_batch size, counted without arithmetic (core/memory.py): the
+"""The memory of one training iteration per --micro_batch size, counted without arithmetic (core/machinery/memory.py): the
 activations autograd saves in each phase, the gradients of the phase's networks, and the weights, EMA copies, FAN and
-Adam state, with the peak predicted from them (times core.memory.MARGIN) and the cards it fits.
+Adam state, with the peak predicted from them (times core.machinery.memory.MARGIN) and the cards it fits.
 
     python scripts/activation_memory.py --preset afhq --micro_batches 1,2,4,8           # ~10 s per size on 2 cores
     python scripts/activation_memory.py --preset celeba_hq --json memory_celeba_hq.json  # random FAN if none given
@@ -11,7 +11,7 @@ Adam state, with the peak predicted from them (times core.memory.MARGIN) and the
 
 Every flag of main.py passes through (--preset, --img_size, --batch_size, --amp, ...); --batch_size is the batch per
 process. docs/memory.md holds the table for the paper's two settings and what is counted and what measured.
-SavedTensorCounter (core/memory.py) is importable from here too, as before.
+SavedTensorCounter (core/machinery/memory.py) is importable from here too, as before.
 """
 import argparse
 import importlib.util
@@ -28,9 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_memory():
-    """core/memory.py of this checkout by its path, so that --solver_from can put another checkout's `core` first
-    (the count imports core.solver when it runs)."""
-    spec = importlib.util.spec_from_file_location('stargan_memory', os.path.join(REPO, 'core', 'memory.py'))
+    """core/machinery/memory.py of this checkout by its path, so that --solver_from can put another checkout's `core` first
+    (the count runs the step of the Solver it is given)."""
+    spec = importlib.util.spec_from_file_location('stargan_memory', os.path.join(REPO, 'core', 'machinery', 'memory.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -83,12 +83,13 @@ def main(argv=None):
             raise SystemExit('--solver_from: this process has imported another core already; run the script alone')
     sys.path.insert(0, code)
     from core.config import parse_args
+    from core.solver import Solver  # the step counted: this checkout's, or --solver_from's
     args = parse_args(rest)
     sizes = [int(n) for n in bargs.micro_batches.split(',') if n.strip()]
 
     sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
     from benchlib.workload import ensure_wing  # this checkout's: a random FAN when wing.ckpt is absent
-    # core.distributed.resolve_device's rule, here because older checkouts lack it
+    # core.machinery.distributed.resolve_device's rule, here because older checkouts lack it
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device in (None, 'auto')
                           else args.device)
     workdir = tempfile.mkdtemp(prefix='stargan_mem_')
@@ -98,7 +99,7 @@ def main(argv=None):
         ensure_wing(args, workdir, [])
         for n in sizes:
             t0 = time.perf_counter()
-            rows.append(report(_memory.count_training_memory(args, n, args.batch_size, device)))
+            rows.append(report(_memory.count_training_memory(args, n, args.batch_size, device, solver_cls=Solver)))
             rows[-1]['count_s'] = round(time.perf_counter() - t0, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

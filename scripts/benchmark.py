@@ -65,7 +65,7 @@ from benchlib.timing import free_memory, sync, time_loop  # noqa: E402
 from benchlib.workload import (build_loaders, dynamo_stats, ensure_wing, env_info, make_images,  # noqa: E402
                                model_config, new_solver, synthetic_inputs, tf32_flags)
 from core.config import parse_args  # noqa: E402
-from core.distributed import resolve_device  # noqa: E402
+from core.machinery.distributed import resolve_device  # noqa: E402
 
 MODES = {  # name -> the settings it changes (the rest are the command line's)
     # the reference's work: also the weight gradients of D (and E) in the G steps, which it throws away

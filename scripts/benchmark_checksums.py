@@ -1,4 +1,4 @@
-"""What the checkpoint checksums (core/integrity.py) cost at the paper's size: one save of a CelebA-HQ run's three
+"""What the checkpoint checksums (core/machinery/integrity.py) cost at the paper's size: one save of a CelebA-HQ run's three
 files (256 px, w_hpf 1, 2 domains: G, F, E, D, their EMA copies, Adam states) with the checksums and without them,
 the verification of a resume, and hashlib's speeds on the largest file in memory.
 
@@ -17,7 +17,7 @@ import time
 import torch
 from munch import Munch
 
-from core import integrity
+from core.machinery import integrity
 from core.checkpoint import RunCheckpoint, atomic_write
 from core.config import parse_args
 from core.model import build_model

@@ -34,7 +34,7 @@ import metrics.fid as fid
 import metrics.lpips as lp
 from core import utils
 from core.config import complete_args
-from core.distributed import resolve_device
+from core.machinery.distributed import resolve_device
 from core.model import build_model
 from metrics.weights import ALEXNET, INCEPTION
 

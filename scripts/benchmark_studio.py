@@ -67,8 +67,8 @@ def main():
     import torch
     from gradio_client import Client, handle_file
     from core.config import parse_args
-    from core.studio import Studio, build_page, launch
-    from core.translate import open_rgb, to_pil
+    from core.inference.studio import Studio, build_page, launch
+    from core.inference.translate import open_rgb, to_pil
 
     if a.num_threads:
         torch.set_num_threads(a.num_threads)

@@ -8,7 +8,7 @@ Writes (under 2 MB in all):
 - assets/demo_reference.jpg, assets/demo_latent.jpg: the quickstart's reference grid and latent grid (psi 1.0) at
   its last step, enlarged with nearest-neighbour to 96-px tiles (3x the demo's 32 px) so that they can be seen;
 - assets/demo_losses.png: the 14 loss terms and lambda_ds over the quickstart, from its train_log.jsonl;
-- assets/demo_score.json: the quickstart's score (core/demo_score.py), the numbers the README quotes;
+- assets/demo_score.json: the quickstart's score (core/demo/score.py), the numbers the README quotes;
 - assets/speed_memory.png: seconds per iteration and peak GPU memory, the H100 figures measured in
   docs/benchmarks.md (read from its first table, not re-measured here);
 - assets/studio.png: the studio page (`main.py --mode serve --preset demo`) in a headless Chromium, driven by
@@ -115,7 +115,7 @@ def studio_screenshot(png_path, photo='expr/demo_data/val/triangle/0003.png', do
         return print('assets/studio.png not made: no Chromium (apt-get install chromium)')
     import torch
     from core.config import parse_args
-    from core.studio import Studio, build_page, launch
+    from core.inference.studio import Studio, build_page, launch
     args = parse_args(['--mode', 'serve', '--preset', 'demo'])
     page = build_page(Studio.from_args(args, torch.device('cpu')))
     url = launch(page, port=0, block=False, quiet=True)
@@ -146,7 +146,7 @@ def main():
     enlarge(final, os.path.join(ASSETS, 'demo_reference.jpg'), scale)
     enlarge(os.path.join(sample_dir, '%06d_latent_psi_1.0.jpg' % step), os.path.join(ASSETS, 'demo_latent.jpg'),
             scale)
-    from core.plots import plot_losses
+    from core.machinery.plots import plot_losses
     plot_losses(os.path.join(ckpt_dir, 'train_log.jsonl'), os.path.join(ASSETS, 'demo_losses.png'),
                 title='The quickstart\'s 14 loss terms and lambda_ds (python main.py --mode train --preset demo)')
     print('wrote assets/demo_losses.png')

@@ -12,7 +12,7 @@ Every flag of main.py passes through (--preset, --img_size, --batch_size, --w_hp
 the second one (the first builds optimizer state). It is a model, not a measurement: it says how much traffic the
 element-wise work carries compared with the convolutions, and what a perfect kernel for each could reach; a profile
 (scripts/benchmark.py --profile) says what the kernels actually took. It also reports the FLOPs and the
-activation memory (bytes saved for backward, core/memory.py) per image. On a CPU, Adam runs one tensor
+activation memory (bytes saved for backward, core/machinery/memory.py) per image. On a CPU, Adam runs one tensor
 at a time (about 2,000 extra small calls); on CUDA it is multi-tensor (foreach).
 """
 import argparse
@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from core.config import parse_args  # noqa: E402
-from core.memory import SavedTensorCounter, to_fake  # noqa: E402,F401 (to_fake: also this script's public name)
+from core.machinery.memory import SavedTensorCounter, to_fake  # noqa: E402,F401 (to_fake: also this script's public name)
 
 # aten op name -> kind; anything else is 'elementwise/other'
 KINDS = {
@@ -103,7 +103,7 @@ def main(argv=None):
     p.add_argument('--fake', action='store_true',
                    help='Count without arithmetic (FakeTensorMode): any size in a minute or two on a CPU. The FLOPs, '
                         'the activation memory and every row but "elementwise/other" equal the real iteration\'s '
-                        '(tests/test_activation_memory.py); that row also counts the fake mode\'s own copies, and the '
+                        '(tests/machinery/test_activation_memory.py); that row also counts the fake mode\'s own copies, and the '
                         'optimizer steps are left out (no FLOPs; their bytes missing)')
     bargs, rest = p.parse_known_args(argv)
     if not any(a == '--mode' or a.startswith('--mode=') for a in rest):
@@ -112,7 +112,7 @@ def main(argv=None):
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from benchlib.workload import ensure_wing, new_solver, synthetic_inputs
-    from core.distributed import resolve_device
+    from core.machinery.distributed import resolve_device
     device = resolve_device(args.device)
     workdir = tempfile.mkdtemp(prefix='stargan_ops_')
     try:
@@ -159,7 +159,7 @@ def main(argv=None):
           f"{total['floor_s'] * 1e3:>10.2f}", file=sys.stderr)
     print(f"per image: {report['per_image']['flops'] / 1e9:.1f} GFLOP; activations saved for backward "
           f"{report['per_image']['activation_bytes'] / 2 ** 20:.1f} MiB (largest of the 4 phases, "
-          f"core/memory.py)", file=sys.stderr)
+          f"core/machinery/memory.py)", file=sys.stderr)
     if bargs.json:
         with open(bargs.json, 'w') as f:
             json.dump(report, f, indent=1)

@@ -9,7 +9,7 @@ diversity against intactness and one grid of the three variants on the same sour
         --inception_weights inception_v3_google-0cc3c7bd.pth --lpips_alexnet_weights alexnet-owt-7be5be79.pth
 
 Every flag of main.py passes through (--preset, --total_iters, --img_size, --w_hpf, --device, ...). Without --data:
-the demo preset (core/config.py) on the demo data (core.demo_data.make_demo_dataset). Its w_hpf is 0, where hpf has
+the demo preset (core/config.py) on the demo data (core.demo.data.make_demo_dataset). Its w_hpf is 0, where hpf has
 no skip and is the same network as none: hpf is trained once and reported for both. --w_hpf 1 --hpf_masks ones makes
 them differ on shapes (the high-pass skip unmasked; docs/skip_study.md: 300 iterations do not train that deeper,
 shortcut-less decoder). With --data (a folder with train/ and val/ domain folders) give the preset or flags of the
@@ -41,9 +41,9 @@ import torch  # noqa: E402
 
 from core.checkpoint import CheckpointIO  # noqa: E402
 from core.config import parse_args  # noqa: E402
-import core.demo_data as demo_data  # noqa: E402
+import core.demo.data as demo_data  # noqa: E402
 from core.model import build_model, masks_of  # noqa: E402
-from core.distributed import resolve_device  # noqa: E402
+from core.machinery.distributed import resolve_device  # noqa: E402
 
 VARIANTS = ('hpf', 'unet', 'none')
 MODES = ('latent', 'reference')
@@ -131,7 +131,7 @@ def val_images(args):
 # ------------------------------------------------------------------------------------------------ weight-free measures
 def shape_geometry(x):
     """Demo images (B, 3, H, W) in [-1, 1] -> dict: centre (B, 2) and size (B,, the bounding box's side) in pixels,
-    shape (B,, the index into core.demo_data.DOMAINS, -1 for neither) and found (B,), read by core.demo_data.measure
+    shape (B,, the index into core.demo.data.DOMAINS, -1 for neither) and found (B,), read by core.demo.data.measure
     (the drawer's own measurements)."""
     m = demo_data.measure(x)
     side = x.size(2)
@@ -343,7 +343,7 @@ def main(argv=None):
     figures = sargs.figures_dir or sargs.out
     os.makedirs(figures, exist_ok=True)
     if sargs.data is None:
-        from core.demo_data import make_demo_dataset
+        from core.demo.data import make_demo_dataset
         data_root = make_demo_dataset(os.path.join(sargs.out, 'demo_data'))
     else:
         data_root = sargs.data
@@ -376,7 +376,7 @@ def main(argv=None):
                             measures=measures,
                             generator_parameters=sum(p.numel() for p in nets.generator.parameters())))
     report = dict(iterations=args.total_iters, seed=args.seed, img_size=args.img_size, w_hpf=args.w_hpf,
-                  hpf_masks=args.hpf_masks, data='demo (core.demo_data)' if sargs.data is None else sargs.data,
+                  hpf_masks=args.hpf_masks, data='demo (core.demo.data)' if sargs.data is None else sargs.data,
                   device=str(device), torch_threads=torch.get_num_threads(), imagenet_weights=have_weights,
                   total_s=None, results=results)
     if tuple(xs) == demo_data.DOMAINS:

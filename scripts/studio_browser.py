@@ -1,5 +1,5 @@
 """Drives the studio page (--mode serve) in a headless Chromium, as a person would: upload a photo, pick the target
-domain, click references in the gallery, press translate, read the outputs. Used by tests/test_studio.py (the browser
+domain, click references in the gallery, press translate, read the outputs. Used by tests/inference/test_studio.py (the browser
 test) and scripts/make_assets.py (the README's screenshot).
 
     python scripts/studio_browser.py http://127.0.0.1:7860/ photo.png triangle --refs 2 --screenshot page.png

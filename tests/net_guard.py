@@ -1,6 +1,6 @@
 """Runs a Python script with every outgoing connection and name lookup of the process logged when it is not to this
 machine: `python tests/net_guard.py LOG main.py --mode serve ...` (LOG gets one line per attempt; empty: none).
-Used by tests/test_studio.py to check that the server contacts nothing outside (analytics, version checks, fonts)."""
+Used by tests/inference/test_studio.py to check that the server contacts nothing outside (analytics, version checks, fonts)."""
 import ipaddress
 import runpy
 import socket

@@ -6,7 +6,7 @@ from PIL import Image
 
 from core.data_loader import (BalancedInfiniteSampler, DataError, InputFetcher, get_eval_loader, get_test_loader,
                               get_train_loader)
-from core.demo_data import make_demo_dataset
+from core.demo.data import make_demo_dataset
 
 
 @pytest.fixture(scope='module')

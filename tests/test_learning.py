@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 # the demo itself, shorter, without its debug images and checkpoints
 SMALL = dict(total_iters=300, print_every=100, sample_every=0, save_every=0)
 # a run keeps its sources' place and size when its content error is at most half of what a generator that ignores
-# its source scores (core/demo_score.py: the reference itself scored as the output)
+# its source scores (core/demo/score.py: the reference itself scored as the output)
 KEPT_CONTENT = 0.5
 COIN_FLIP = 0.5
 

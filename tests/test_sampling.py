@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import tiny_args
 from core.config import parse_args
-from core.demo_data import make_demo_dataset
+from core.demo.data import make_demo_dataset
 from core.solver import Solver
 
 

@@ -168,7 +168,7 @@ def test_losses_move_in_the_right_direction():
 
 
 def write_dataset(root, n=4, size=32):
-    from core.demo_data import make_demo_dataset
+    from core.demo.data import make_demo_dataset
     return make_demo_dataset(str(root), n_train=n, n_val=2, size=size)
 
 
