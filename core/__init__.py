@@ -3,7 +3,7 @@ objectives), solver.py (the training step and loop that wire them), data_loader.
 align.py (the face alignment of CelebA-HQ), utils.py, sampling.py and video.py (grids and videos), config.py (the CLI).
 
 Beside it, subpackages that serve it, each importing the method and never imported by it unless it says so:
-machinery/ (the training run: processes, chunks, compile, logs, checksums; the Solver uses it), files/ (network
-files: safe loading, a file's settings, fine-tuning from one; the Solver uses finetune), inference/ (uses of a
+machinery/ (the training run: processes, chunks, compile, logs, safe loading, checksums; the Solver and checkpoint
+use it), files/ (network files made elsewhere: a file's settings, fine-tuning from one; the Solver uses finetune), inference/ (uses of a
 trained network: translate, the studio, export), demo/ (the quickstart's synthetic data and its score).
 """

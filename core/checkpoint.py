@@ -5,7 +5,7 @@
     ckptio.load(step)   # accepts `module.` prefixes (nn.DataParallel) and a generator without `hpf.filter`;
                         # without {step}_nets_ema.ckpt, the {step}_nets_ema.safetensors of --mode export
 
-Files are read with torch.load(weights_only=True) (core/files/safe_load.py): one that would run code when unpickled stops
+Files are read with torch.load(weights_only=True) (core/machinery/safe_load.py): one that would run code when unpickled stops
 with a message naming it, unless trust_pickle (--trust_pickle).
 
     run = RunCheckpoint(checkpoint_dir, nets, nets_ema, optims)   # a training run's files, with its RNG state
@@ -29,7 +29,7 @@ import torch
 
 from core.machinery import integrity
 from core.machinery.integrity import NET_FILES, legacy_state_globals  # noqa: F401 (legacy_state_globals: public here before)
-from core.files.safe_load import NetworkFileError, read_network_file
+from core.machinery.safe_load import NetworkFileError, read_network_file
 
 # which command-line flags change the shape of which parameters: named in shape-mismatch errors
 _SHAPE_FLAGS = ('--img_size, --num_domains, --w_hpf, --skip, --latent_dim, --style_dim '

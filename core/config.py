@@ -209,7 +209,7 @@ def get_parser():
                         'the checkpoint recorded; the data order from then on is the new set\'s. Without it such a '
                         'resume stops with a message saying what changed')
 
-    # network files (core/files/safe_load.py)
+    # network files (core/machinery/safe_load.py)
     p.add_argument('--trust_pickle', action='store_true',
                    help='Load network, state and wing.ckpt files that need full unpickling (weights_only=False): such '
                         'a file can run any code when loaded; only for files from a source you trust. Without it, '

@@ -22,7 +22,7 @@ from PIL import Image
 
 from core.align import DOWNLOAD_HINT, FaceGeometry, list_images
 from core.machinery.distributed import resolve_device
-from core.files.safe_load import load_torch_file
+from core.machinery.safe_load import load_torch_file
 
 
 class AddCoords(nn.Module):

@@ -1,5 +1,6 @@
-"""Network files: reading them without running code (safe_load), what a file was built with when it comes without
-its args.json (ckpt_settings), and a training run that starts from one (finetune, --init_from).
+"""Network files made elsewhere, such as the authors' release: what a file was built with when it comes without its
+args.json (ckpt_settings), and a training run that starts from one (finetune, --init_from).
 
-May import core's model, checkpoint and data_loader and core.machinery; imports nothing of inference/ or demo/.
+Sits above core.checkpoint and core.machinery, which it imports; the Solver calls finetune at step 0; nothing here
+imports inference/ or demo/.
 """

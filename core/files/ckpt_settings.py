@@ -17,7 +17,7 @@ from munch import Munch
 
 from core.checkpoint import strip_module_prefix
 from core.machinery.integrity import verify_network_file
-from core.files.safe_load import NetworkFileError, read_network_file
+from core.machinery.safe_load import NetworkFileError, read_network_file
 
 NETS = ('generator', 'mapping_network', 'style_encoder', 'discriminator')
 

@@ -1,7 +1,8 @@
 """The training run's machinery, not the method: one process per GPU (distributed), a batch in chunks (micro_batch)
-and the memory that takes (memory), torch.compile (compile), what a run reports (train_log, plots), checksums of
-its checkpoints (integrity) and what a resumed run must share with the one it continues (run_identity).
+and the memory that takes (memory), torch.compile (compile), what a run reports (train_log, plots), reading network
+files without running code (safe_load), checksums of the checkpoints (integrity) and what a resumed run must share
+with the one it continues (run_identity).
 
-The Solver imports these. They import the method only where their job is the method's networks (compile wraps the
-losses; memory counts a Solver's step, so nothing in core/ imports memory: main.py and scripts do).
+The Solver and core.checkpoint import these. They import only the method's ground floor (data_loader, losses,
+config); memory counts the step of the Solver it is given instead of importing it.
 """

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import torch
 
-from core.files.safe_load import NetworkFileError, load_torch_file
+from core.machinery.safe_load import NetworkFileError, load_torch_file
 
 NET_FILES = ('nets', 'nets_ema', 'optims')
 _STEP_FILE = re.compile(r'^(\d{6})_(nets|nets_ema|optims|state)\.ckpt$')

@@ -1,4 +1,4 @@
-"""Network files are read with torch.load(weights_only=True) (core/files/safe_load.py): a file whose unpickling would run
+"""Network files are read with torch.load(weights_only=True) (core/machinery/safe_load.py): a file whose unpickling would run
 code (here: create a marker file) is refused at every entry point, and the marker never appears; --trust_pickle loads
 it; the layouts of the authors' files (legacy serialisation, OrderedDicts, `module.` prefixes) and our state file
 load without it."""
@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, tiny_args
 from core.checkpoint import CheckpointIO, RunCheckpoint, legacy_state_globals, rng_state, set_rng_state
 from core.model import build_model
-from core.files.safe_load import NetworkFileError, UnsafeFileError, load_torch_file
+from core.machinery.safe_load import NetworkFileError, UnsafeFileError, load_torch_file
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
