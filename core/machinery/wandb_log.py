@@ -7,9 +7,9 @@
     run.finish()
 
 The wandb run's id is kept beside the checkpoints (checkpoint_dir/wandb_run.json, written atomically): a run resumed
-from a checkpoint (--resume_iter) continues the same wandb run. Steps a killed run logged after its last checkpoint
-are logged again by the resumed run; wandb keeps the first values (the same numbers: a resume is exact) and the
-resumed run sends nothing before the step the wandb run has reached. WANDB_MODE=offline records into
+from a checkpoint (--resume_iter) continues the same wandb run. A killed run may have logged steps after its last
+checkpoint: online, wandb gives the resumed run the step it has reached (run.starting_step) and the earlier steps are
+not sent again (wandb has them, the same numbers: a resume is exact). WANDB_MODE=offline records into
 checkpoint_dir/wandb/ (or $WANDB_DIR) with no network; `wandb sync` uploads it later.
 """
 import json
