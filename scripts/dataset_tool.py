@@ -334,11 +334,11 @@ def prepare(args):
 
     skipped = []
     if args.labels:
-        entries = (read_celeba_attributes(args.labels, args.attribute) if is_celeba_attributes(args.labels)
-                   else read_csv_labels(args.labels))
-        if args.attribute and not is_celeba_attributes(args.labels):
+        celeba = is_celeba_attributes(args.labels)
+        if args.attribute and not celeba:
             raise DatasetError(f'--attribute: {args.labels} is not CelebA\'s attribute file (its first line is not '
                                f'the image count)')
+        entries = read_celeba_attributes(args.labels, args.attribute) if celeba else read_csv_labels(args.labels)
         labelled = match_labels(src, entries, skipped)
     else:
         labelled = labels_from_folders(src)
