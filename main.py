@@ -21,6 +21,7 @@ from core.data_loader import DataError, get_test_loader, get_train_loader
 from core.machinery.distributed import barrier, cleanup, init_distributed
 from core.solver import Solver
 from core.machinery.train_log import NonFiniteLossError
+from core.machinery.wandb_log import WandbError, require_wandb
 
 
 def subdirs(dname):
@@ -56,6 +57,7 @@ def main(args):
             raise SystemExit(f'--batch_size {args.batch_size} (global) must be divisible by the number of '
                              f'processes ({dist_info.world_size})')
         local_batch = args.batch_size // dist_info.world_size
+        require_wandb(args)  # --wandb without the package stops here, before any work
         start = resolve_resume_step(args.resume_iter, args.checkpoint_dir, args.trust_pickle)
         if start == 0 and args.init_from:  # a file that cannot be used stops here, before the run writes anything
             from core.files.finetune import read_init_file
@@ -112,7 +114,7 @@ if __name__ == '__main__':
     args = parse_args()
     try:
         sys.exit(main(args))
-    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as e:
+    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError, WandbError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:

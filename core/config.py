@@ -219,6 +219,14 @@ def get_parser():
     p.add_argument('--wing_path', type=str, default='expr/checkpoints/wing.ckpt')
     p.add_argument('--lm_path', type=str, default='expr/checkpoints/celeba_lm_mean.npz')
 
+    # Weights & Biases (core/machinery/wandb_log.py; docs/outputs.md): optional, the wandb package
+    p.add_argument('--wandb', type=str, default=None, metavar='PROJECT',
+                   help='--mode train: also record the run in this Weights & Biases project (the loss terms, the '
+                        'sample grids, the settings; a resume continues the same wandb run; WANDB_MODE=offline '
+                        'records locally)')
+    p.add_argument('--wandb_entity', type=str, default=None, help='--wandb: the team or user (default: yours)')
+    p.add_argument('--wandb_name', type=str, default=None, help='--wandb: the run\'s name (default: wandb\'s)')
+
     # step size
     p.add_argument('--print_every', type=int, default=10)
     p.add_argument('--sample_every', type=int, default=5000)

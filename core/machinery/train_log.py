@@ -1,6 +1,7 @@
 """What a training run reports while it runs, and how it is told to stop.
 
-    logger = TrainLogger(args, start_step)     # the reference's log line, train_log.jsonl, TensorBoard if installed
+    logger = TrainLogger(args, start_step)     # the reference's log line, train_log.jsonl, TensorBoard if installed,
+                                               # Weights & Biases with --wandb
     logger.log(step, terms.tolist(), lambda_ds)
     with stop_signals() as stop:               # SIGINT/SIGTERM set stop.requested; the loop saves and exits
         ...
@@ -74,7 +75,8 @@ def stop_signals(signals=(signal.SIGINT, signal.SIGTERM)):
 
 class TrainLogger:
     """The reference's log line every print_every, the same numbers as JSON lines in checkpoint_dir/train_log.jsonl,
-    and TensorBoard scalars/images when the tensorboard package is installed."""
+    TensorBoard scalars/images when the tensorboard package is installed, and with --wandb a Weights & Biases run
+    (core/machinery/wandb_log.py)."""
 
     def __init__(self, args, start):
         self.args = args
@@ -87,6 +89,10 @@ class TrainLogger:
             self.tb = SummaryWriter(os.path.join(args.checkpoint_dir, 'tensorboard'))
         except Exception:  # tensorboard is optional
             pass
+        self.wandb = None
+        if args.get('wandb'):
+            from core.machinery.wandb_log import WandbRun
+            self.wandb = WandbRun(args, start)
 
     def log(self, step, values, lambda_ds):
         elapsed = str(datetime.timedelta(seconds=time.time() - self.start_time))[:-7]
@@ -101,6 +107,8 @@ class TrainLogger:
         if self.tb is not None:
             for k, v in all_losses.items():
                 self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(step, all_losses)
 
     def images(self, step):
         """At a sample step: the loss curves so far beside the debug images (sample_dir/losses.png, overwritten), so
@@ -108,6 +116,8 @@ class TrainLogger:
         from core.machinery.plots import plot_losses
         self.jsonl.flush()
         plot_losses(self.jsonl.name, os.path.join(self.args.sample_dir, 'losses.png'))
+        if self.wandb is not None:
+            self.wandb.images(step, self.args.sample_dir)
         if self.tb is None:
             return
         from PIL import Image
@@ -121,3 +131,5 @@ class TrainLogger:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
