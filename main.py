@@ -20,6 +20,7 @@ from core.config import parse_args, save_config, summary
 from core.data_loader import DataError, get_test_loader, get_train_loader
 from core.machinery.distributed import barrier, cleanup, init_distributed
 from core.solver import Solver
+from core.machinery.side_jobs import SideJobError
 from core.machinery.train_log import NonFiniteLossError
 
 
@@ -112,7 +113,7 @@ if __name__ == '__main__':
     args = parse_args()
     try:
         sys.exit(main(args))
-    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as e:
+    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError, SideJobError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
