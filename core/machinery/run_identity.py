@@ -20,6 +20,7 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from core.data_loader import DataError
@@ -68,7 +69,7 @@ def fingerprint(loader, root, threads=8):
                                sha256=hashlib.sha256(text).hexdigest(),
                                listing=torch.frombuffer(bytearray(zlib.compress(text, 6)), dtype=torch.uint8),
                                content_sha256=hashlib.sha256(digests).hexdigest(),
-                               digests=torch.frombuffer(bytearray(digests), dtype=torch.uint8).clone())
+                               digests=torch.from_numpy(np.frombuffer(digests, dtype=np.uint8).copy()))
     return out
 
 
