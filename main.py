@@ -19,9 +19,10 @@ from core.checkpoint import CheckpointWriteError, resolve_resume_step
 from core.config import parse_args, save_config, summary
 from core.data_loader import DataError, get_test_loader, get_train_loader
 from core.machinery.distributed import barrier, cleanup, init_distributed
-from core.solver import Solver
+from core.machinery.side_jobs import SideJobError
 from core.machinery.train_log import NonFiniteLossError
 from core.machinery.wandb_log import WandbError, require_wandb
+from core.solver import Solver
 
 
 def subdirs(dname):
@@ -114,7 +115,7 @@ if __name__ == '__main__':
     args = parse_args()
     try:
         sys.exit(main(args))
-    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError, WandbError) as e:
+    except (DataError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError, SideJobError, WandbError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:

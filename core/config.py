@@ -192,7 +192,18 @@ def get_parser():
     # the style studio, a local web page over the translator (--mode serve, core/inference/studio.py; docs/studio.md)
     p.add_argument('--host', type=str, default='127.0.0.1',
                    help='--mode serve: the address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens the page '
-                        'to the network, with no authentication)')
+                        'to the network, behind a login: --studio_password_file or $STUDIO_PASSWORD)')
+    p.add_argument('--studio_user', type=str, default='studio',
+                   help='--mode serve: the login\'s user name, when --host is beyond this machine')
+    p.add_argument('--studio_password_file', type=str, default=None,
+                   help='--mode serve: a file whose first line is the login\'s password (else $STUDIO_PASSWORD); '
+                        'required when --host is beyond this machine. Never given on the command line itself')
+    p.add_argument('--open_to_network_without_login', action='store_true',
+                   help='--mode serve: let a --host beyond this machine serve anyone who can reach it, without a '
+                        'login')
+    p.add_argument('--studio_queue', type=int, default=64,
+                   help='--mode serve: requests that may wait at once (one network: they are served one at a time); '
+                        'one more is answered "Queue is full"')
     p.add_argument('--port', type=int, default=7860, help='--mode serve: the port (0: any free one)')
     p.add_argument('--studio_inputs', type=str, default='assets/representative/celeba_hq/src',
                    help='--mode serve: a folder of sample inputs shown on the page (searched recursively)')

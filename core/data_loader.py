@@ -364,6 +364,20 @@ class InputFetcher:
             x, x2, y = next(self.iter_ref)
         return x, x2, y
 
+    def _fetch_val_refs(self, n):
+        """n references: the next batch of the same loader, as the reference takes them; where that batch is
+        shorter (the last of an epoch: 48 images in batches of 32 give 32 and 16), more batches, from the next
+        epoch, until there are n (docs/differences.md). Where the next batch is full, the reference's grid."""
+        xs, ys, have = [], [], 0
+        while have < n:
+            x_ref, y_ref, *_ = self._fetch_inputs()
+            xs.append(x_ref)
+            ys.append(y_ref)
+            have += x_ref.size(0)
+        if len(xs) == 1 and have == n:
+            return xs[0], ys[0]
+        return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
     def __iter__(self):
         return self
 
@@ -378,7 +392,7 @@ class InputFetcher:
                 z_trg2 = torch.randn(x.size(0), self.latent_dim)
             inputs = Munch(x_src=x, y_src=y, y_ref=y_ref, x_ref=x_ref, x_ref2=x_ref2, z_trg=z_trg, z_trg2=z_trg2)
         elif self.mode == 'val':
-            x_ref, y_ref, *_ = self._fetch_inputs()
+            x_ref, y_ref = self._fetch_val_refs(x.size(0))
             inputs = Munch(x_src=x, y_src=y, x_ref=x_ref, y_ref=y_ref)
         elif self.mode == 'test':
             inputs = Munch(x=x, y=y)

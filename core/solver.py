@@ -19,10 +19,11 @@ from core import utils
 from core.checkpoint import RunCheckpoint, remove_leftover_temp_files, resolve_resume_step
 from core.machinery.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
 from core.data_loader import InputFetcher
-from core.machinery.distributed import (all_reduce_mean, all_reduce_mean_grads, barrier, get_world_size, is_main_process,
-                              resolve_device)
+from core.machinery.distributed import (all_reduce_mean, all_reduce_mean_grads, any_rank, barrier, get_world_size,
+                                       is_main_process, resolve_device)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
+from core.machinery.side_jobs import SideJobError, SideJobs, check_before_training
 from core.machinery.micro_batch import resolve_micro_batch, split_batch, weighted_terms
 from core.model import build_model, masks_of
 from core.machinery.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
@@ -148,10 +149,13 @@ class Solver(nn.Module):
         elif args.init_from:  # fine-tuning (core/files/finetune.py); a resume of such a run loads its own checkpoint
             from core.files.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
+        if main:  # a folder the run cannot write to, or missing evaluation weights: said now, not at step 5000
+            check_before_training(args)
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)
         inputs_val = next(InputFetcher(loaders.val, None, args.latent_dim, 'val', self.device)) if main else None
         logger = TrainLogger(args, start) if main else None
         guard, step, last_saved, terms = NonFiniteGuard(self.device), start, None, None
+        jobs = SideJobs()  # what fails beside training stops the run at its step, saved (core/machinery/side_jobs.py)
         print(f'Start training from step {start} (global batch {args.batch_size}, {get_world_size()} process(es), '
               f'device {self.device})...')
         with stop_signals() as stop, tqdm(range(start, args.total_iters), initial=start, total=args.total_iters,
@@ -160,31 +164,53 @@ class Solver(nn.Module):
                 with explain_compile_errors(args, step):
                     terms = self.train_step(next(fetcher), step - 1)
                 is_log, is_save = every(args.print_every, step), every(args.save_every, step)
+                is_sample, is_eval = every(args.sample_every, step), every(args.eval_every, step)
                 if is_log or is_save or step == args.total_iters:  # the same steps on every rank
                     terms = all_reduce_mean(terms)  # the global batch's losses (a no-op in one process)
                 guard.update(terms)
                 if is_log or is_save or stop.requested or step == args.total_iters:
                     guard.check(terms, step)  # the loop's only host sync, on these steps
                 if main and is_log:
-                    logger.log(step, terms.tolist(), lambda_ds_at(step, args.lambda_ds, args.ds_iter))
-                if main and every(args.sample_every, step):
-                    utils.debug_image(self.nets_ema, args, inputs=inputs_val, step=step)
-                    logger.images(step)
+                    values = jobs.run('the training log (train_log.jsonl)', step, logger.log, step, terms.tolist(),
+                                      lambda_ds_at(step, args.lambda_ds, args.ds_iter))
+                    if values is not None:
+                        jobs.run('TensorBoard', step, logger.scalars, step, values)
+                        jobs.run('Weights & Biases', step, logger.wandb_scalars, step, values)
+                if main and is_sample:
+                    jobs.run('the sample grids', step, utils.debug_image, self.nets_ema, args, inputs_val, step)
+                    jobs.run('the loss plot (losses.png)', step, logger.plot)
+                    jobs.run('TensorBoard', step, logger.tb_images, step)
+                    jobs.run('Weights & Biases', step, logger.wandb_images, step)
+                if is_eval:
+                    if main:
+                        jobs.run('the evaluation', step, self._evaluate_main, step)
+                    barrier()  # the other ranks wait for rank 0's evaluation
+                if (is_log or is_sample or is_eval) and any_rank(jobs.failure is not None):
+                    guard.check(terms, step)  # non-finite weights are not worth a checkpoint
+                    if jobs.failure is None:  # this rank's jobs went well; rank 0's did not
+                        jobs.failure = ('a side job of rank 0', step, 'see its output')
+                    break
                 if is_save:
                     last_saved = self._save(step)
-                if every(args.eval_every, step):
-                    self.evaluate_nets(step)
                 if stop.requested:
                     print(f'\n{stop.signame}: saving a checkpoint of step {step} before exiting...')
                     break
         if last_saved != step and step > start:
             self._save(step)
         if logger:
-            logger.close()
+            jobs.run('the training log (closing it)', step, logger.close)
+        if jobs.failure is not None:
+            barrier()
+            raise SideJobError(jobs.message(step if step > start else None))
         if stop.requested:
             barrier()
             raise KeyboardInterrupt(f'stopped by {stop.signame} at step {step}; resume with --resume_iter {step}')
         return terms
+
+    def _evaluate_main(self, step):
+        from metrics.eval import MODES, calculate_metrics
+        for mode in MODES:
+            calculate_metrics(self.nets_ema, self.args, step, mode=mode)
 
     def _save(self, step):
         if is_main_process():

@@ -4,8 +4,12 @@ a page's button costs: upload, queue, translation, PNG encoding, download), besi
     python scripts/benchmark_studio.py --checkpoint expr/demo/checkpoints           # the quickstart's network
     python scripts/benchmark_studio.py --released afhq --device cpu                 # released size, random weights
     python scripts/benchmark_studio.py --released celeba_hq                         # + the FAN (random wing.ckpt)
+    python scripts/benchmark_studio.py --released demo --concurrency 1,4,12         # N clients at once
 
-Prints one markdown row per request kind (median, min, max over --repeats, after one warm-up request).
+Prints one markdown row per request kind (median, min, max over --repeats, after one warm-up request). With
+--concurrency: for each N, N clients (threads, one gradio_client each) send --repeats /latent requests each (2 styles
+of one photo, one seed) at once; one row of requests per second, and every answer compared, pixel for pixel, with
+the answer of a request sent alone (a difference or a failed request stops the script with exit code 1).
 """
 import argparse
 import os
@@ -53,15 +57,73 @@ def timed(fn, repeats):
     return statistics.median(times), min(times), max(times)
 
 
+def latent_pixels(client, photo, domain, seed=777):
+    """The /latent answer (2 styles, psi 0.7) as arrays."""
+    import numpy as np
+    from gradio_client import handle_file
+    from PIL import Image
+    outputs, _ = client.predict(handle_file(photo), domain, 2, 0.7, seed, False, api_name='/latent')
+    return [np.asarray(Image.open(o['image']).convert('RGB')) for o in outputs]
+
+
+def concurrent_requests(url, photo, domain, clients, per_client):
+    """clients threads, one gradio_client each, per_client /latent requests each, all started together;
+    (seconds, [answer or the exception's text])."""
+    import threading
+    from gradio_client import Client
+    conns = [Client(url, verbose=False) for _ in range(clients)]
+    answers, start = [], threading.Barrier(clients)
+    lock = threading.Lock()
+
+    def work(c):
+        start.wait()
+        for _ in range(per_client):
+            try:
+                got = latent_pixels(c, photo, domain)
+            except Exception as e:  # the failure is the result: counted, named
+                got = f'{type(e).__name__}: {e}'
+            with lock:
+                answers.append(got)
+    threads = [threading.Thread(target=work, args=(c,)) for c in conns]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0, answers
+
+
+def concurrency_rows(url, photo, domain, levels, per_client, name):
+    import numpy as np
+    from gradio_client import Client
+    alone = latent_pixels(Client(url, verbose=False), photo, domain)
+    print(f'{name}: /latent, 2 styles, psi 0.7, one seed; {per_client} request(s) per client')
+    print('| network | clients | requests | requests/s | failed | other pixels |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    ok = True
+    for n in levels:
+        seconds, answers = concurrent_requests(url, photo, domain, n, per_client)
+        failed = [a for a in answers if isinstance(a, str)]
+        differ = [a for a in answers if not isinstance(a, str) and
+                  not (len(a) == len(alone) and all(np.array_equal(x, y) for x, y in zip(a, alone)))]
+        ok &= not failed and not differ
+        print(f'| {name} | {n} | {len(answers)} | {len(answers) / seconds:.2f} | {len(failed)} | {len(differ)} |',
+              flush=True)
+        for f in failed[:3]:
+            print(f'  failed: {f[:300]}')
+    return ok
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--checkpoint', default=None, help='a run folder or *_nets_ema.ckpt')
     p.add_argument('--preset', default=None, help='with --checkpoint: its preset (domain names)')
-    p.add_argument('--released', choices=['afhq', 'celeba_hq'], default=None,
+    p.add_argument('--released', choices=['demo', 'afhq', 'celeba_hq'], default=None,
                    help='a network of the released size with random weights instead of --checkpoint')
     p.add_argument('--device', default='cpu')
     p.add_argument('--num_threads', type=int, default=0, help='torch threads (0: the default)')
     p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--concurrency', default=None, help='e.g. 1,4,12: requests per second at each number of clients')
     a = p.parse_args()
 
     import torch
@@ -93,6 +155,10 @@ def main():
     client = Client(url, verbose=False)
 
     img, y = open_rgb(photo), t.domain_index(domain)
+    if a.concurrency:
+        ok = concurrency_rows(url, photo, domain, [int(n) for n in a.concurrency.split(',')], a.repeats,
+                              f'{a.released or a.checkpoint} ({size} px)')
+        sys.exit(0 if ok else 1)
     rows = [
         ('latent, 1 style', lambda: client.predict(handle_file(photo), domain, 1, 1.0, 0, False, api_name='/latent'),
          lambda: t(img, domain, num_styles=1)),

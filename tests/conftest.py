@@ -1,5 +1,6 @@
 """Shared test helpers: where ../shared lives, the golden values, tiny configs."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,14 @@ DATA = SHARED / 'data' / 'representative'
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# One torch thread per test process (this one and the runs it starts, through OMP_NUM_THREADS): the tests' networks
+# are tiny, and on a machine busy with other work two threads per process wait on each other at every operation
+# (docs/benchmarks.md, "The test suite"). STARGAN_TEST_THREADS=0 keeps PyTorch's default (one per core).
+TEST_THREADS = int(os.environ.get('STARGAN_TEST_THREADS', '1'))
+if TEST_THREADS > 0:
+    os.environ.setdefault('OMP_NUM_THREADS', str(TEST_THREADS))
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope='session')
@@ -35,8 +44,8 @@ def schema():
 
 @pytest.fixture(scope='module')
 def one_thread():
-    """One torch thread for a module: small networks gain nothing from threads, and on a busy 2-core machine two
-    threads make the FAN and tiny convolutions several times slower."""
+    """One torch thread for a module whatever STARGAN_TEST_THREADS says: small networks gain nothing from threads,
+    and on a busy 2-core machine two threads make the FAN and tiny convolutions several times slower."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -122,3 +122,42 @@ def test_images_are_checked_once_for_both_training_loaders(tmp_path, monkeypatch
     loader(root)
     loader(root, 'reference')
     assert len(calls) == 6  # 2 domains x 3 images, once
+
+
+@pytest.mark.parametrize('n_val, batch', [(24, 32), (3, 32), (32, 32)])  # 48 images: 32 + 16; 6: under a batch; 64
+def test_val_sources_and_references_are_as_many(tmp_path, n_val, batch):
+    """The sample grids' inputs: as many references as sources, whatever the folder's size and --val_batch_size;
+    where the loader's second batch is full (64 images in 32s), the references are that batch, as the reference
+    takes them."""
+    root = make_demo_dataset(str(tmp_path / 'd'), n_train=1, n_val=n_val, size=32, n_sample=1)
+    val = lambda: get_test_loader(os.path.join(root, 'val'), img_size=32, batch_size=batch, num_workers=0, seed=7)
+    inputs = next(InputFetcher(val(), None, 8, 'val'))
+    n = min(batch, 2 * n_val)
+    assert inputs.x_src.shape == inputs.x_ref.shape == (n, 3, 32, 32)
+    assert inputs.y_src.shape == inputs.y_ref.shape == (n,)
+    loader = val()
+    stream = list(loader) + list(loader)  # the loader's own batches over two epochs (the same seed: the same order)
+    assert torch.equal(inputs.x_src, stream[0][0])
+    refs = torch.cat([b[0] for b in stream[1:]])[:n], torch.cat([b[1] for b in stream[1:]])[:n]
+    assert torch.equal(inputs.x_ref, refs[0]) and torch.equal(inputs.y_ref, refs[1])
+    if n_val != 3:  # the first references: the loader's second batch, as the reference takes them
+        assert torch.equal(inputs.x_ref[:stream[1][0].size(0)], stream[1][0])
+    if n_val == 24:  # 32 sources, the 16 images left, then 16 from the next epoch
+        assert stream[1][0].size(0) == 16 and torch.equal(inputs.x_ref[16:], stream[2][0][:16])
+
+
+def test_sample_grids_where_the_last_batch_is_short(tmp_path, one_thread):
+    """12 images in batches of 8 (48 in 32s, smaller): the grids of a sample step are written, 8 sources by 8
+    references (the reference failed there: 8 sources, 4 references)."""
+    from conftest import tiny_args
+    from core.model import build_model
+    from core.utils import debug_image
+    root = make_demo_dataset(str(tmp_path / 'd'), n_train=1, n_val=6, size=32, n_sample=1)
+    args = tiny_args(val_batch_size=8, sample_dir=str(tmp_path / 's'), num_outs_per_domain=1)
+    _, nets_ema = build_model(args)
+    val = get_test_loader(os.path.join(root, 'val'), img_size=32, batch_size=8, num_workers=0)
+    debug_image(nets_ema, args, next(InputFetcher(val, None, args.latent_dim, 'val')), step=1)
+    with Image.open(tmp_path / 's' / '000001_reference.jpg') as im:
+        assert im.size == (9 * 32, 9 * 32)
+    with Image.open(tmp_path / 's' / '000001_cycle_consistency.jpg') as im:
+        assert im.size == (8 * 32, 4 * 32)

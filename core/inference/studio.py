@@ -15,12 +15,19 @@ The same operations are endpoints for gradio_client (docs/studio.md):
     outputs, status = client.predict(handle_file('me.jpg'), 'male', 4, 0.7, 777, False, api_name='/latent')
 
 Safe by default: it listens on 127.0.0.1 only, makes no share link, sends no analytics and loads nothing from outside
-(no web fonts: the theme names system fonts only); one network in memory, requests queued one at a time; uploads over
---max_upload_mb or --max_upload_pixels, and files that are not images, get a message and the server keeps serving.
+(no web fonts: the theme names system fonts only); bound beyond the loopback it asks for a login (the password from
+--studio_password_file or $STUDIO_PASSWORD) or refuses to start, unless --open_to_network_without_login. One network
+in memory: the requests of every endpoint wait in one queue (--studio_queue long) and are served one at a time, so
+visitors at once get the pixels they would get one by one; each answer's images are files of that request alone.
+Uploads over --max_upload_mb or --max_upload_pixels, and files that are not images, get a message and the server
+keeps serving.
 """
 import os
+import shutil
 import socket
+import tempfile
 import time
+import uuid
 
 import torch
 from PIL import Image
@@ -187,6 +194,74 @@ class Studio:
 
 # ------------------------------------------------------------------------------------------------------ the page
 
+class OutputFiles:
+    """The outputs of each request as PNG files of that request alone. Handed PIL images, gradio writes each to a
+    file named by its content, in place: two requests with the same answer (two visitors, one double click) rewrite
+    the file a client is downloading, which then arrives truncated or not at all. A file of our own is copied into
+    gradio's cache under a temporary name and renamed there (an existing copy is left as it is)."""
+
+    def __init__(self, keep_s=300):
+        self.folder = tempfile.mkdtemp(prefix='stargan_studio_')
+        self.keep_s = keep_s
+
+    def write(self, outputs):
+        self.prune()
+        paths = []
+        for img, caption in outputs:
+            path = os.path.join(self.folder, uuid.uuid4().hex + '.png')
+            img.save(path)
+            paths.append((path, caption))
+        return paths
+
+    def prune(self):
+        """Removes the files of earlier requests (gradio copied them when their request ended)."""
+        old = time.time() - self.keep_s
+        for f in os.scandir(self.folder):
+            try:
+                if f.stat().st_mtime < old:
+                    os.remove(f.path)
+            except OSError:  # removed by another request's prune
+                pass
+
+    def close(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+LOOPBACK = ('127.0.0.1', 'localhost', '::1')
+
+
+def on_loopback(host):
+    return host in LOOPBACK or host.startswith('127.')
+
+
+def studio_login(args, environ=os.environ):
+    """(user, password) for a --host beyond this machine, None on the loopback (or with
+    --open_to_network_without_login); a StudioError naming the flags when there is no password. The password comes
+    from --studio_password_file (its first line) or $STUDIO_PASSWORD, never from the command line, which other users
+    of the machine can read."""
+    if on_loopback(args.host):
+        return None
+    password = None
+    if args.studio_password_file:
+        try:
+            with open(args.studio_password_file) as f:
+                password = f.readline().rstrip('\r\n')
+        except OSError as e:
+            raise StudioError(f'--studio_password_file {args.studio_password_file}: cannot read it '
+                              f'({e.strerror or e})') from None
+        if not password:
+            raise StudioError(f'--studio_password_file {args.studio_password_file}: its first line is empty')
+    elif environ.get('STUDIO_PASSWORD'):
+        password = environ['STUDIO_PASSWORD']
+    if password:
+        return args.studio_user, password
+    if args.open_to_network_without_login:
+        return None
+    raise StudioError(f'--host {args.host} opens the studio to the network: give it a login password with '
+                      f'--studio_password_file FILE or $STUDIO_PASSWORD (user --studio_user, "{args.studio_user}"), '
+                      f'or pass --open_to_network_without_login to serve anyone who can reach it')
+
+
 def _gradio():
     """gradio, imported with its analytics off (read when it is imported)."""
     os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'
@@ -209,10 +284,11 @@ CSS = """
 """
 
 
-def build_page(studio, title='StarGAN v2 studio'):
+def build_page(studio, title='StarGAN v2 studio', queue_size=64):
     """The gradio Blocks of the page over studio; endpoints /latent, /reference, /mix (and the page's own helpers,
-    not in the API)."""
+    not in the API). page.output_files: where the answers' images are written (closed with the page by serve_cli)."""
     gr = _gradio()
+    files = OutputFiles()
     t = studio.translator
     small = t.args.img_size <= 64
     cls = ['pixelated'] if small else []
@@ -235,9 +311,10 @@ def build_page(studio, title='StarGAN v2 studio'):
     def call(method):
         def handler(*inputs):
             try:
-                return method(*inputs)
+                outputs, status = method(*inputs)
             except (StudioError, TranslateError, ValueError) as e:  # ValueError: a face the aligner cannot place
                 raise gr.Error(str(e), print_exception=False) from None
+            return files.write(outputs), status
         handler.__name__ = method.__name__
         handler.__doc__ = method.__doc__
         return handler
@@ -316,15 +393,18 @@ def build_page(studio, title='StarGAN v2 studio'):
 
         domain.change(on_domain, domain, [ref_gallery, refs, style_a, style_b], api_visibility='private')
         ref_gallery.select(on_gallery_click, [refs, domain], refs, api_visibility='private')
+        # one network in memory: every event that uses it in one group, one at a time (gradio's default is one at a
+        # time per event, so /latent and /mix would share the network and its caches at once)
+        one = dict(concurrency_id='network', concurrency_limit=1)
         go_ref.click(call(studio.reference), [image, domain, refs, ref_upload, align], [outputs, status],
-                     api_name='reference')
+                     api_name='reference', **one)
         go_latent.click(call(studio.latent), [image, domain, num_styles, psi, seed, align], [outputs, status],
-                        api_name='latent')
+                        api_name='latent', **one)
         mix_inputs = [image, domain, style_a, style_b, alpha, mix_psi, align]
-        go_mix.click(call(studio.mix), mix_inputs, [outputs, status], api_name='mix')
-        alpha.release(call(studio.mix), mix_inputs, [outputs, status], api_visibility='private')
-    # one network in memory: requests wait their turn
-    page.queue(default_concurrency_limit=1, max_size=64)
+        go_mix.click(call(studio.mix), mix_inputs, [outputs, status], api_name='mix', **one)
+        alpha.release(call(studio.mix), mix_inputs, [outputs, status], api_visibility='private', **one)
+    page.queue(default_concurrency_limit=1, max_size=queue_size)
+    page.output_files = files
     return page
 
 
@@ -334,9 +414,11 @@ def free_port(host):
         return sock.getsockname()[1]
 
 
-def launch(page, host='127.0.0.1', port=7860, max_upload_mb=20, block=True, quiet=False):
-    """Serves page; returns its address (block False: at once, the server running in a thread)."""
+def launch(page, host='127.0.0.1', port=7860, max_upload_mb=20, block=True, quiet=False, auth=None):
+    """Serves page; returns its address (block False: at once, the server running in a thread). auth: (user,
+    password) of a login, or None."""
     _, url, _ = page.launch(server_name=host, server_port=port or free_port(host), share=False, inbrowser=False,
+                            auth=auth, auth_message='StarGAN v2 studio' if auth else None,
                             prevent_thread_lock=not block, quiet=quiet, show_error=True,
                             max_file_size=int(max_upload_mb * 1e6) if max_upload_mb else None, ssr_mode=False,
                             mcp_server=False, pwa=False, footer_links=['api'], theme=_theme(_gradio()), css=CSS,
@@ -346,15 +428,17 @@ def launch(page, host='127.0.0.1', port=7860, max_upload_mb=20, block=True, quie
 
 def serve_cli(args, device):
     """--mode serve."""
+    auth = studio_login(args)  # before the network is read: a refusal costs nothing
     studio = Studio.from_args(args, device)
-    page = build_page(studio)
+    page = build_page(studio, queue_size=args.studio_queue)
     print(f'Studio: {studio.translator.fname} ({", ".join(studio.domains)}); {len(studio.samples)} sample inputs '
           f'from {args.studio_inputs}; references from {args.studio_refs}: '
           + ', '.join(f'{d} {len(g)}' for d, g in studio.gallery.items())
           + ('' if studio.align_reason is None else f'; align unavailable: it {studio.align_reason}'))
-    if args.host not in ('127.0.0.1', 'localhost', '::1'):
-        print(f'--host {args.host}: the page is reachable from other machines, without authentication')
-    url = launch(page, args.host, args.port, args.max_upload_mb, block=False, quiet=True)
+    if not on_loopback(args.host):
+        print(f'--host {args.host}: the page is reachable from other machines, '
+              + (f'behind a login (user "{auth[0]}")' if auth else 'without a login (--open_to_network_without_login)'))
+    url = launch(page, args.host, args.port, args.max_upload_mb, block=False, quiet=True, auth=auth)
     print(f'Studio page: {url} (Ctrl-C stops it)', flush=True)
     try:
         while page.is_running:
@@ -363,4 +447,5 @@ def serve_cli(args, device):
         print('Studio stopped')
     finally:
         page.close()
+        page.output_files.close()
     return 0

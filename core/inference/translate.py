@@ -227,12 +227,14 @@ class Translator:
         s = self.nets.mapping_network(z, torch.full((num_styles,), y, dtype=torch.long, device=self.device))
         if psi != 1:
             # the latent grids' truncation (core/utils.py): the mean over 10,000 codes, from seed + 1
-            if (y, seed) not in self._s_avg:
+            # read once into a local: another thread (a server's) may clear the cache between a check and a read
+            s_avg = self._s_avg.get((y, seed))
+            if s_avg is None:
+                s_avg = average_style(self.nets, y, self.args.latent_dim,
+                                      generator=torch.Generator().manual_seed(seed + 1))
                 if len(self._s_avg) >= 64:  # the studio's seeds come from its users: a bounded cache
                     self._s_avg.clear()
-                self._s_avg[y, seed] = average_style(self.nets, y, self.args.latent_dim,
-                                                     generator=torch.Generator().manual_seed(seed + 1))
-            s_avg = self._s_avg[y, seed]
+                self._s_avg[y, seed] = s_avg
             s = torch.lerp(s_avg, s, psi)
         return s
 

@@ -125,6 +125,16 @@ def all_reduce_mean(tensor):
     return tensor / get_world_size()
 
 
+def any_rank(flag):
+    """Whether flag is true on any rank (a host sync: only on the steps that sync anyway)."""
+    if not is_distributed():
+        return bool(flag)
+    device = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else 'cpu'
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier():
     """Waits for every rank, e.g. while rank 0 evaluates. Not a collective: the ranks count themselves in the
     rendezvous store (the one torchrun set up) and poll it, so the wait is bounded by STARGAN_DIST_BARRIER_TIMEOUT_S

@@ -7,14 +7,20 @@ of processes.
 The data stream is a function of the sorted file list (core/data_loader.py), so a folder that gained or lost images
 since the run started gives other batches from the resumed step on: a different run, without a word, before this.
 The state file of every step records, per domain, the count, the total size, a sha256 of the sorted
-`relative path<TAB>size` lines and those lines themselves (zlib, for the message's examples: ~150 KB for CelebA-HQ).
-A file whose contents changed at the same size is not noticed: reading every image at each start would cost more
-than the check is worth.
+`relative path<TAB>size` lines and those lines themselves (zlib, for the message's examples: ~150 KB for CelebA-HQ),
+and a digest of each file's bytes: sha256 of its first and last PART bytes (the whole file up to 2 * PART), 8 bytes
+a file in the listing's order, and a sha256 over them. Modification times are not used: a set copied to another disk
+or machine (as clusters copy data to local disks at each job) has new ones and the same bytes, and resumes. A file
+rewritten at the same size is noticed where its first or last PART bytes changed, which covers an image re-encoded
+or edited anywhere: a compressed image's bytes change from the edit to the end of the file, and PNG and JPEG streams
+end with a checksum or the last coded data. The cost: docs/benchmarks.md (30,000 files).
 """
 import hashlib
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from core.data_loader import DataError
@@ -24,9 +30,28 @@ class DataChangedError(DataError):
     """The training set differs from the one the checkpoint was trained on."""
 
 
-def fingerprint(loader, root):
-    """{domain: {count, bytes, sha256, listing}} of a training loader's files (the files it draws from, after
-    --skip_bad_images), by path relative to root; None for a loader without files (the tests' fakes)."""
+PART = 64 * 1024  # bytes read at each end of a file for its digest
+DIGEST = 8        # bytes of each file's digest kept in the state file
+
+
+def file_digest(fname, part=PART):
+    """sha256 of the file's first and last `part` bytes (of the whole file when it is at most 2 * part), DIGEST
+    bytes of it."""
+    h = hashlib.sha256()
+    with open(fname, 'rb') as f:
+        if os.fstat(f.fileno()).st_size <= 2 * part:
+            h.update(f.read())
+        else:
+            h.update(f.read(part))
+            f.seek(-part, os.SEEK_END)
+            h.update(f.read(part))
+    return h.digest()[:DIGEST]
+
+
+def fingerprint(loader, root, threads=8):
+    """{domain: {count, bytes, sha256, listing, content_sha256, digests}} of a training loader's files (the files
+    it draws from, after --skip_bad_images), by path relative to root; None for a loader without files (the tests'
+    fakes). The files are read in threads (the reads wait on the disk, not on Python)."""
     dataset, domains = getattr(loader, 'dataset', None), getattr(loader, 'domains', None)
     if dataset is None or domains is None:
         return None
@@ -34,18 +59,33 @@ def fingerprint(loader, root):
     for fname, label in zip(dataset.samples, dataset.targets):
         files[domains[label]].append(fname)
     out = {}
-    for domain, fnames in files.items():
-        lines = sorted(f'{os.path.relpath(f, root)}\t{os.path.getsize(f)}' for f in fnames)
-        text = '\n'.join(lines).encode()
-        out[domain] = dict(count=len(lines), bytes=sum(int(line.rsplit('\t', 1)[1]) for line in lines),
-                           sha256=hashlib.sha256(text).hexdigest(),
-                           listing=torch.frombuffer(bytearray(zlib.compress(text, 6)), dtype=torch.uint8))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for domain, fnames in files.items():
+            entries = sorted((os.path.relpath(f, root), f) for f in fnames)
+            lines = [f'{rel}\t{os.path.getsize(f)}' for rel, f in entries]
+            text = '\n'.join(lines).encode()
+            digests = b''.join(pool.map(file_digest, [f for _, f in entries], chunksize=64))
+            out[domain] = dict(count=len(lines), bytes=sum(int(line.rsplit('\t', 1)[1]) for line in lines),
+                               sha256=hashlib.sha256(text).hexdigest(),
+                               listing=torch.frombuffer(bytearray(zlib.compress(text, 6)), dtype=torch.uint8),
+                               content_sha256=hashlib.sha256(digests).hexdigest(),
+                               digests=torch.from_numpy(np.frombuffer(digests, dtype=np.uint8).copy()))
     return out
 
 
 def _lines(entry):
     text = zlib.decompress(entry['listing'].numpy().tobytes()).decode() if 'listing' in entry else ''
     return dict(line.rsplit('\t', 1) for line in text.split('\n') if line)
+
+
+def _digests(entry):
+    """{relative path: digest} of a fingerprint's entry ({} for one without digests: earlier versions)."""
+    if 'digests' not in entry or 'listing' not in entry:
+        return {}
+    text = zlib.decompress(entry['listing'].numpy().tobytes()).decode()
+    names = [line.rsplit('\t', 1)[0] for line in text.split('\n') if line]
+    raw = entry['digests'].numpy().tobytes()
+    return {n: raw[k * DIGEST:(k + 1) * DIGEST] for k, n in enumerate(names)}
 
 
 def _examples(names, k=3):
@@ -62,11 +102,14 @@ def describe_change(old, new):
         changes.append(f'domain "{domain}" is new ({new[domain]["count"]} images)')
     for domain in sorted(set(old) & set(new)):
         a, b = old[domain], new[domain]
-        if a['sha256'] == b['sha256']:
+        same_bytes = a.get('content_sha256') is None or a.get('content_sha256') == b.get('content_sha256')
+        if a['sha256'] == b['sha256'] and same_bytes:
             continue
         la, lb = _lines(a), _lines(b)
         added, removed = set(lb) - set(la), set(la) - set(lb)
         resized = [n for n in set(la) & set(lb) if la[n] != lb[n]]
+        da, db = _digests(a), _digests(b)
+        rewritten = [n for n in set(da) & set(db) if da[n] != db[n] and la.get(n) == lb.get(n)]
         parts = []
         if added:
             parts.append(f'{len(added)} added ({_examples(added)})')
@@ -74,6 +117,8 @@ def describe_change(old, new):
             parts.append(f'{len(removed)} removed ({_examples(removed)})')
         if resized:
             parts.append(f'{len(resized)} of another size ({_examples(resized)})')
+        if rewritten:
+            parts.append(f'{len(rewritten)} rewritten at the same size ({_examples(rewritten)})')
         changes.append(f'domain "{domain}": {a["count"]} -> {b["count"]} images' +
                        (f', {"; ".join(parts)}' if parts else ''))
     return changes

@@ -2,7 +2,8 @@
 
     logger = TrainLogger(args, start_step)     # the reference's log line, train_log.jsonl, TensorBoard if installed,
                                                # Weights & Biases with --wandb
-    logger.log(step, terms.tolist(), lambda_ds)
+    values = logger.log(step, terms.tolist(), lambda_ds); logger.scalars(step, values); logger.wandb_scalars(...)
+    logger.plot(); logger.tb_images(step); logger.wandb_images(step)    # at a sample step
     with stop_signals() as stop:               # SIGINT/SIGTERM set stop.requested; the loop saves and exits
         ...
     guard = NonFiniteGuard(device)             # accumulates on the device; raises on the steps that sync anyway
@@ -95,6 +96,7 @@ class TrainLogger:
             self.wandb = WandbRun(args, start)
 
     def log(self, step, values, lambda_ds):
+        """The log line and its JSON record; returns the values by name (for scalars)."""
         elapsed = str(datetime.timedelta(seconds=time.time() - self.start_time))[:-7]
         all_losses = dict(zip(LOSS_NAMES, values))
         all_losses['G/lambda_ds'] = lambda_ds
@@ -104,20 +106,33 @@ class TrainLogger:
         self.jsonl.write(json.dumps(dict(step=step, elapsed_s=round(time.time() - self.start_time, 3),
                                          **all_losses)) + '\n')
         self.jsonl.flush()
+        return all_losses
+
+    def scalars(self, step, all_losses):
+        """The logged values to TensorBoard, when it is installed."""
         if self.tb is not None:
             for k, v in all_losses.items():
                 self.tb.add_scalar(k, v, step)
+
+    def wandb_scalars(self, step, all_losses):
+        """The logged values to the wandb run, with --wandb."""
         if self.wandb is not None:
             self.wandb.log(step, all_losses)
 
-    def images(self, step):
+    def wandb_images(self, step):
+        """At a sample step: the sample grids to the wandb run, with --wandb."""
+        if self.wandb is not None:
+            self.wandb.images(step, self.args.sample_dir)
+
+    def plot(self):
         """At a sample step: the loss curves so far beside the debug images (sample_dir/losses.png, overwritten), so
-        that a run can be watched without TensorBoard; the images to TensorBoard when it is installed."""
+        that a run can be watched without TensorBoard."""
         from core.machinery.plots import plot_losses
         self.jsonl.flush()
         plot_losses(self.jsonl.name, os.path.join(self.args.sample_dir, 'losses.png'))
-        if self.wandb is not None:
-            self.wandb.images(step, self.args.sample_dir)
+
+    def tb_images(self, step):
+        """At a sample step: the debug images to TensorBoard, when it is installed."""
         if self.tb is None:
             return
         from PIL import Image

@@ -37,6 +37,39 @@ def picture(path, seed, size=(48, 40)):
     return str(path)
 
 
+def start_server(root, ckpt_dir, net_log, *flags, env=None):
+    """main.py --mode serve on ckpt_dir, the folders of root, under tests/net_guard.py; (process, the page's
+    address, its output so far), once it prints the address."""
+    cmd = [sys.executable, 'tests/net_guard.py', str(net_log), 'main.py', '--mode', 'serve', '--device', 'cpu',
+           '--num_threads', '1', '--checkpoint_dir', str(ckpt_dir), '--studio_inputs', str(root / 'inputs'),
+           '--studio_refs', str(root / 'refs'), '--port', '0', '--max_upload_pixels', str(MAX_PIXELS),
+           '--wing_path', str(root / 'no_wing.ckpt'), *flags]
+    env = dict(os.environ, PYTHONUNBUFFERED='1', NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost',
+               **(env or {}))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, url, t0 = [], None, time.time()
+    while url is None and time.time() - t0 < START_TIMEOUT_S:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        m = re.search(r'Studio page: (http://\S+)', line)
+        url = m.group(1) if m else None
+    if url is None:
+        proc.kill()
+        pytest.fail('the server did not start:\n' + ''.join(lines))
+    return proc, url, lines
+
+
+def stop_server(proc, lines):
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: how a page is stopped, not an error
+    try:
+        assert proc.wait(timeout=30) == 0, ''.join(lines) + proc.stdout.read()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 @pytest.fixture(scope='module')
 def studio(tmp_path_factory):
     """A server of `main.py --mode serve` (its stdout read until it prints the page's address), the folders it
@@ -54,32 +87,12 @@ def studio(tmp_path_factory):
             picture(root / 'refs' / d / f'{d}_{k}.jpg', seed=100 + 10 * DOMAINS.index(d) + k)
     net_log = root / 'outside.log'
     net_log.write_text('')
-    cmd = [sys.executable, 'tests/net_guard.py', str(net_log), 'main.py', '--mode', 'serve', '--device', 'cpu', '--num_threads', '1',
-           '--checkpoint_dir', str(ckpt_dir), '--studio_inputs', str(root / 'inputs'),
-           '--studio_refs', str(root / 'refs'), '--port', '0', '--max_upload_pixels', str(MAX_PIXELS),
-           '--wing_path', str(root / 'no_wing.ckpt')]
-    env = dict(os.environ, PYTHONUNBUFFERED='1', NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost')
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines, url, t0 = [], None, time.time()
-    while url is None and time.time() - t0 < START_TIMEOUT_S:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        m = re.search(r'Studio page: (http://\S+)', line)
-        url = m.group(1) if m else None
-    if url is None:
-        proc.kill()
-        pytest.fail('the server did not start:\n' + ''.join(lines))
+    proc, url, lines = start_server(root, ckpt_dir, net_log)
     client = gradio_client.Client(url, verbose=False)
     translator = Translator.from_checkpoint(fname, device='cpu')
-    yield dict(url=url, client=client, translator=translator, root=root, proc=proc, log=lines, net_log=net_log)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C: how a page is stopped, not an error
-    try:
-        assert proc.wait(timeout=30) == 0, ''.join(lines) + proc.stdout.read()
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    yield dict(url=url, client=client, translator=translator, root=root, proc=proc, log=lines, net_log=net_log,
+               ckpt_dir=ckpt_dir)
+    stop_server(proc, lines)
 
 
 def pixels(img):
@@ -236,3 +249,90 @@ def test_the_page_in_a_browser_translates_and_fetches_nothing_from_outside(studi
 def test_the_server_contacted_nothing_outside(studio):
     # every connection and name lookup of the server process so far (start, every request above, the page's assets)
     assert studio['net_log'].read_text() == ''
+
+
+# ------------------------------------------------------------------------------------------------------- many at once
+
+def at_once(url, n, call, auth=None):
+    """n clients (threads, one gradio_client each) calling call(client) together; [result or exception]."""
+    import threading
+    clients = [gradio_client.Client(url, verbose=False, auth=auth) for _ in range(n)]
+    results, start = [None] * n, threading.Barrier(n)
+
+    def work(k):
+        start.wait()
+        try:
+            results[k] = call(clients[k])
+        except Exception as e:  # a failed request is the outcome under test
+            results[k] = e
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_twelve_visitors_at_once_get_the_pixels_of_one(studio):
+    """12 clients at once asking /latent for 2 styles of one photo with one seed (and a 13th asking /mix, which
+    shares the network): none fails, each gets exactly the Translator's answer."""
+    image = photo(studio)
+    expected = studio['translator'](open_rgb(image), 'male', psi=0.7, num_styles=2, seed=11)
+
+    def call(client):
+        return client.predict(handle_file(image), 'male', 2, 0.7, 11, False, api_name='/latent')[0]
+    results = at_once(studio['url'], 12, call)
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert not failed, failed
+    for outputs in results:
+        assert_same(outputs, expected)
+    assert len({o['image'] for r in results for o in r}) == 24  # each answer's files its own
+
+
+def test_studio_login_is_required_beyond_the_loopback():
+    from core.config import parse_args
+    from core.inference.studio import StudioError, studio_login
+
+    def args(*flags):
+        return parse_args(['--mode', 'serve', *flags])
+    assert studio_login(args()) is None  # 127.0.0.1
+    with pytest.raises(StudioError, match=r'^--host 0.0.0.0 opens the studio to the network: give it a login password '
+                                          r'with --studio_password_file FILE or \$STUDIO_PASSWORD .*'
+                                          r'--open_to_network_without_login'):
+        studio_login(args('--host', '0.0.0.0'), environ={})
+    assert studio_login(args('--host', '0.0.0.0', '--open_to_network_without_login'), environ={}) is None
+    assert studio_login(args('--host', '0.0.0.0'), environ={'STUDIO_PASSWORD': 's3cret'}) == ('studio', 's3cret')
+
+
+def test_a_server_off_the_loopback_asks_for_a_login_and_its_queue_says_when_full(studio, tmp_path):
+    """--host 0.0.0.0 with the password in a file: a client without the login is refused, one with it is served;
+    --studio_queue 1 answers the requests beyond it "Queue is full", and the others get the one-by-one pixels; the
+    password is nowhere in the server's output."""
+    root = studio['root']
+    password = 'pass-' + os.urandom(6).hex()
+    (tmp_path / 'pw').write_text(password + '\n')
+    net_log = tmp_path / 'outside.log'
+    net_log.write_text('')
+    proc, url, lines = start_server(root, studio['ckpt_dir'], net_log, '--host', '0.0.0.0', '--studio_password_file',
+                                    str(tmp_path / 'pw'), '--studio_queue', '1')
+    try:
+        url = re.sub(r'//[^:/]+:', '//127.0.0.1:', url)
+        import httpx
+        with httpx.Client() as http:
+            assert http.get(url + 'config').status_code == 401
+            assert http.post(url + 'login', data=dict(username='studio', password='wrong')).status_code == 400
+        with pytest.raises(Exception, match='(?i)login|auth|401'):
+            gradio_client.Client(url, verbose=False)
+        image = photo(studio)
+        expected = studio['translator'](open_rgb(image), 'female', psi=1.0, num_styles=2, seed=3)
+        results = at_once(url, 12, lambda c: c.predict(handle_file(image), 'female', 2, 1.0, 3, False,
+                                                       api_name='/latent')[0], auth=('studio', password))
+        full = [r for r in results if isinstance(r, Exception)]
+        served = [r for r in results if not isinstance(r, Exception)]
+        assert full and served, results
+        assert all('Queue is full' in str(e) for e in full), full
+        for outputs in served:
+            assert_same(outputs, expected)
+    finally:
+        stop_server(proc, lines)
+    assert password not in ''.join(lines)

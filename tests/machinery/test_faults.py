@@ -297,3 +297,39 @@ def test_changed_training_set_stops_unless_allowed(ctx, data, straight, tmp_path
     state = integrity.read_state(integrity.state_path(str(folder), 9))
     assert {d: e['count'] for d, e in state['data'].items()} == {'square': 6, 'triangle': 3}
     assert state['world_size'] == 1
+
+
+def test_a_failed_sample_step_costs_no_training(ctx, data, straight):
+    """The first sample grid's file name taken by a folder: the run stops at step 3 (no --save_every step before
+    it) with one line naming the job and the file, exit 2, no traceback, and a complete checkpoint of step 3;
+    --resume_iter -1 then goes on from step 3 to the straight run's end, bit for bit."""
+    root, straight_dir = straight
+    folder, samples = root / 'sampled', root / 'sampled_samples'
+    (samples / '000003_cycle_consistency.jpg').mkdir(parents=True)
+    rc, out = run(ctx, root, 'sampled', data, '--sample_every', '3', '--save_every', '0')
+    assert rc == 2, out[-4000:]
+    error = [line for line in out.splitlines() if line.startswith('error:')]
+    assert len(error) == 1 and 'Traceback' not in out, out[-4000:]
+    assert error[0].startswith(f'error: the sample grids failed at step 3: EISDIR: Is a directory '
+                               f'({samples}/000003_cycle_consistency.jpg); training stopped, the checkpoint of step 3 '
+                               f'is saved'), error
+    assert integrity.latest_intact_step(str(folder), report=False) == 3
+    assert integrity.check_step(str(folder), 3) is None
+    assert records(folder, 3) == records(straight_dir, 3)  # the step it reached, as the straight run has it
+    (samples / '000003_cycle_consistency.jpg').rmdir()
+    rc, out = run(ctx, root, 'sampled', data, '--sample_every', '3', '--save_every', '0', '--resume_iter', '-1')
+    assert rc == 0, out[-4000:]
+    assert 'Start training from step 3' in out
+    assert (samples / '000006_reference.jpg').is_file() and (samples / 'losses.png').is_file()
+    assert_same_end(folder, straight_dir)
+
+
+def test_an_unwritable_sample_folder_is_named_before_training(ctx, data, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('a file where the folder should be')
+    rc, out = run(ctx, tmp_path, 'unwritable', data, '--sample_every', '3', '--sample_dir', str(blocker / 'samples'))
+    assert rc == 2, out[-4000:]
+    error = [line for line in out.splitlines() if line.startswith('error:')]
+    assert len(error) == 1 and 'Traceback' not in out, out[-4000:]
+    assert error[0].startswith(f'error: --sample_dir {blocker}/samples: cannot write there (ENOTDIR'), error
+    assert 'Start training' not in out and not (tmp_path / 'unwritable' / '000001_nets.ckpt').exists()

@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from munch import Munch
@@ -176,3 +177,30 @@ def test_fingerprint_of_a_real_loader(tmp_path):
     assert {d: e['count'] for d, e in fp.items()} == {'square': 2, 'triangle': 2}
     assert fp['square']['bytes'] == sum(os.path.getsize(os.path.join(root, 'train', 'square', f))
                                         for f in ('0000.png', '0001.png'))
+
+
+def test_a_file_rewritten_at_the_same_size_is_noticed_a_copied_set_is_not(tmp_path):
+    from core.machinery.run_identity import PART
+    d = tmp_path / 'train'
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, 3 * PART, dtype=np.uint8).tobytes()  # read at its two ends only
+    for name, data in (('cat/a.jpg', b'a' * 100), ('cat/b.jpg', b'b' * 100), ('dog/c.jpg', big)):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(data)
+
+    def fp(root):
+        files = [str(root / n) for n in ('cat/a.jpg', 'cat/b.jpg', 'dog/c.jpg')]
+        return fingerprint(Munch(dataset=Munch(samples=files, targets=[0, 0, 1]), domains=['cat', 'dog']), str(root))
+    old = fp(d)
+    # another disk: the same bytes, new modification times
+    copy = Path(shutil.copytree(d, tmp_path / 'copy', copy_function=shutil.copyfile))
+    for f in copy.rglob('*.jpg'):
+        os.utime(f, (1e9, 1e9))
+    assert describe_change(old, fp(copy)) == []
+    (d / 'cat' / 'b.jpg').write_bytes(b'B' * 100)
+    (d / 'dog' / 'c.jpg').write_bytes(big[:-1] + bytes([big[-1] ^ 1]))  # the last byte: a checksum's place
+    assert describe_change(old, fp(d)) == ['domain "cat": 2 -> 2 images, 1 rewritten at the same size (cat/b.jpg)',
+                                           'domain "dog": 1 -> 1 images, 1 rewritten at the same size (dog/c.jpg)']
+    # a state file of an earlier version (no digests): compared by names and sizes, as then
+    earlier = {dom: {k: v for k, v in e.items() if k not in ('digests', 'content_sha256')} for dom, e in old.items()}
+    assert describe_change(earlier, fp(d)) == []
