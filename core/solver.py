@@ -28,6 +28,14 @@ from core.model import build_model, masks_of
 from core.machinery.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
 
 
+def optim_impl_kwargs(args):
+    """Adam's keyword arguments for --optim_impl. The implementations compute the same update in a different order
+    of float operations; on a small network the per-parameter loop (PyTorch's choice on the CPU) costs more in calls
+    than in arithmetic."""
+    impl = args.get('optim_impl', 'auto')
+    return {'auto': {}, 'loop': dict(foreach=False), 'foreach': dict(foreach=True), 'fused': dict(fused=True)}[impl]
+
+
 def every(period, step):
     return period > 0 and step % period == 0
 
@@ -64,7 +72,8 @@ class Solver(nn.Module):
         if args.mode == 'train':
             self.optims = Munch({net: torch.optim.Adam(
                 params=self.nets[net].parameters(), lr=args.f_lr if net == 'mapping_network' else args.lr,
-                betas=[args.beta1, args.beta2], weight_decay=args.weight_decay) for net in self.nets if net != 'fan'})
+                betas=[args.beta1, args.beta2], weight_decay=args.weight_decay, **optim_impl_kwargs(args))
+                for net in self.nets if net != 'fan'})
         self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims,
                                         trust_pickle=args.trust_pickle)
         self.to(self.device)

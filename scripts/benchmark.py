@@ -75,6 +75,10 @@ MODES = {  # name -> the settings it changes (the rest are the command line's)
     'compile_cudagraphs': dict(compile=True, amp='none', compile_mode='reduce-overhead', skip_unused_grads=True),
     'compile_autotune': dict(compile=True, amp='none', compile_mode='max-autotune-no-cudagraphs',
                              skip_unused_grads=True),
+    # Adam's implementations (--optim_impl); eager otherwise
+    'adam_loop': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='loop'),
+    'adam_foreach': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='foreach'),
+    'adam_fused': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='fused'),
     'bf16': dict(compile=False, amp='bf16', skip_unused_grads=True),
     'compile_bf16': dict(compile=True, amp='bf16', compile_mode='default', skip_unused_grads=True),
 }
