@@ -72,6 +72,10 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=30)
     p.add_argument('--warmup', type=int, default=3, help='untimed iterations of each mode before the rounds')
     p.add_argument('--threads', type=int, default=1, help='torch.set_num_threads of the modes without +threads')
+    p.add_argument('--with_fetch', action='store_true',
+                   help='Also time drawing a batch from the training loaders on --train_img_dir (InputFetcher, '
+                        '--num_workers, the decoding and augmentation of the files) in each round: its ratio to the '
+                        'first mode\'s step')
     p.add_argument('--part', choices=['step', 'update'], default='step',
                    help='step: Solver.train_step; update: its optimiser steps and EMA alone (fixed random gradients)')
     largs, rest = p.parse_known_args(argv)
@@ -103,7 +107,22 @@ def main(argv=None):
                            setup_s=time.perf_counter() - t))
         print(f'{spec}: built and warmed up in {modes[-1].setup_s:.1f} s', file=sys.stderr, flush=True)
 
+    fetcher, fetch_wall, fetch_cpu = None, [], []
+    if largs.with_fetch:
+        from benchlib.workload import build_loaders
+        from core.data_loader import InputFetcher
+        loaders = build_loaders(args, device)
+        fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', device)
+        for _ in range(largs.warmup):
+            next(fetcher)
+
     for r in range(largs.rounds):
+        if fetcher is not None:
+            torch.set_num_threads(largs.threads)
+            t, c = time.perf_counter(), time.process_time()
+            next(fetcher)
+            fetch_wall.append(time.perf_counter() - t)
+            fetch_cpu.append(time.process_time() - c)
         k = r % len(modes)
         for m in modes[k:] + modes[:k]:
             torch.set_num_threads(m.threads)
@@ -133,6 +152,13 @@ def main(argv=None):
             print(f'{m.spec:32s} {kind}: {statistics.median(mine):.4f} s  x{statistics.median(ratios):.3f} '
                   f'(quartiles {q(0.25):.3f}-{q(0.75):.3f}) of {modes[0].spec}', file=sys.stderr)
         report['results'].append(res)
+    if fetcher is not None:
+        report['fetch'] = {kind: dict(s_median=statistics.median(f), ratio_to_step_median=statistics.median(
+            a / b for a, b in zip(f, modes[0].times if kind == 'wall' else modes[0].cpu)))
+            for kind, f in (('wall', fetch_wall), ('cpu', fetch_cpu))}
+        print(f'fetch (batch {args.batch_size}, {args.num_workers} workers): ' + ', '.join(
+            f'{k} {v["s_median"]:.4f} s, x{v["ratio_to_step_median"]:.3f} of {modes[0].spec}\'s step'
+            for k, v in report['fetch'].items()), file=sys.stderr)
     print(json.dumps(report))
 
 
