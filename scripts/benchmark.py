@@ -25,7 +25,8 @@ matmuls, forward and backward including R1's double backward and the FAN) / mean
 Modes (--compare --modes a,b,...): reference_work (eager, and also the weight gradients the reference computes and
 throws away in the G steps), eager (the default training path), compile (torch.compile of G, F, E, D with R1, FAN),
 compile_cudagraphs (the same, mode reduce-overhead), compile_autotune (max-autotune-no-cudagraphs), bf16 and
-compile_bf16 (autocast; opt-in, changes numerics).
+compile_bf16 (autocast; opt-in, changes numerics), adam_loop, adam_foreach and adam_fused (eager with that
+--optim_impl). scripts/step_levers.py times modes interleaved in one process (ratios on a shared machine).
 
 --compare runs several modes one after the other in this process, each from freshly built networks with the same
 seed, and a numerics check: the first iteration of every mode runs on the same fixed batch from the same initial
