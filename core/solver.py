@@ -36,6 +36,21 @@ def optim_impl_kwargs(args):
     return {'auto': {}, 'loop': dict(foreach=False), 'foreach': dict(foreach=True), 'fused': dict(fused=True)}[impl]
 
 
+IMAGES = ('x_src', 'x_ref', 'x_ref2')
+
+
+@torch.no_grad()
+def match_state_layouts(optims):
+    """Each optimiser state tensor in its parameter's memory layout. A state loaded from a file keeps the layout it was
+    saved in, and fused Adam on the CPU walks parameter, gradient and state as one flat buffer: a channels_last
+    parameter with a contiguous state (a run resumed under another --memory_format) would be updated wrongly, silently."""
+    for optim in optims.values():
+        for p, state in optim.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
+
+
 def every(period, step):
     return period > 0 and step % period == 0
 
@@ -77,6 +92,9 @@ class Solver(nn.Module):
         self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims,
                                         trust_pickle=args.trust_pickle)
         self.to(self.device)
+        self.channels_last = args.get('memory_format', 'contiguous') == 'channels_last'
+        if self.channels_last:  # the conv weights (and their gradients and Adam states, which follow them)
+            self.to(memory_format=torch.channels_last)
         self.logits_and_r1 = None  # D(x_real) with R1 in one function: --compile's form (None: the reference's)
         self.micro_batch = 0  # images per chunk of the training step (0: the whole batch)
         if args.mode == 'train':
@@ -93,6 +111,9 @@ class Solver(nn.Module):
         args, nets = self.args, self.nets
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
+        if self.channels_last:  # oneDNN's own layout: no reorder before and after each convolution
+            inputs = Munch(inputs, **{k: inputs[k].contiguous(memory_format=torch.channels_last)
+                                      for k in IMAGES if k in inputs})
         if cudagraphs_enabled(args):  # a new iteration: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         # the masks of the whole batch, once: the same values whatever the chunks (the FAN runs without gradient)
@@ -157,6 +178,7 @@ class Solver(nn.Module):
         elif args.init_from:  # fine-tuning (core/files/finetune.py); a resume of such a run loads its own checkpoint
             from core.files.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
+        match_state_layouts(self.optims)
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)
         inputs_val = next(InputFetcher(loaders.val, None, args.latent_dim, 'val', self.device)) if main else None
         logger = TrainLogger(args, start) if main else None
