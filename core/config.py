@@ -30,6 +30,7 @@ PRESETS = {
     # the run). docs/demo.md: what it reaches, how fast, and what else was tried
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
                  lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
+                 optim_impl='fused', memory_format='channels_last',  # the same to rounding, faster: docs/benchmarks.md
                  batch_size=4, val_batch_size=8, total_iters=1100, print_every=20, sample_every=275,
                  save_every=550, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
@@ -255,6 +256,14 @@ def get_parser():
                    help='torch.compile backend with --compile (aot_eager: capture without code generation, to debug)')
     p.add_argument('--amp', type=str, default='none', choices=['none', 'bf16'],
                    help='Autocast mixed precision (changes numerics; opt-in)')
+    p.add_argument('--memory_format', type=str, default='contiguous', choices=['contiguous', 'channels_last'],
+                   help='Memory layout of the networks\' conv weights and the images in training: contiguous (NCHW, '
+                        'the reference\'s) or channels_last (NHWC, oneDNN\'s own on the CPU: no reorder around each '
+                        'convolution). The same computation, its float rounding reordered')
+    p.add_argument('--optim_impl', type=str, default='auto', choices=['auto', 'loop', 'foreach', 'fused'],
+                   help='Implementation of Adam: auto (PyTorch\'s choice, as the reference: a loop over the '
+                        'parameters on the CPU, foreach on CUDA), loop, foreach (one call per operation over all '
+                        'parameters), fused (one kernel). The same update to float rounding')
     return p
 
 

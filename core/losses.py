@@ -23,7 +23,7 @@ def r1_reg(d_out, x_in):
                                     create_graph=True, retain_graph=True, only_inputs=True)[0]
     grad_dout2 = grad_dout.pow(2)
     assert grad_dout2.size() == x_in.size()
-    return 0.5 * grad_dout2.view(batch_size, -1).sum(1).mean(0)
+    return 0.5 * grad_dout2.reshape(batch_size, -1).sum(1).mean(0)  # reshape: a channels_last gradient is no view
 
 
 def d_logits_and_r1(discriminator, x_real, y_org):

@@ -29,6 +29,29 @@ from core.model import build_model, masks_of
 from core.machinery.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
 
 
+def optim_impl_kwargs(args):
+    """Adam's keyword arguments for --optim_impl. The implementations compute the same update in a different order
+    of float operations; on a small network the per-parameter loop (PyTorch's choice on the CPU) costs more in calls
+    than in arithmetic."""
+    impl = args.get('optim_impl', 'auto')
+    return {'auto': {}, 'loop': dict(foreach=False), 'foreach': dict(foreach=True), 'fused': dict(fused=True)}[impl]
+
+
+IMAGES = ('x_src', 'x_ref', 'x_ref2')
+
+
+@torch.no_grad()
+def match_state_layouts(optims):
+    """Each optimiser state tensor in its parameter's memory layout. A state loaded from a file keeps the layout it was
+    saved in, and fused Adam on the CPU walks parameter, gradient and state as one flat buffer: a channels_last
+    parameter with a contiguous state (a run resumed under another --memory_format) would be updated wrongly, silently."""
+    for optim in optims.values():
+        for p, state in optim.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)
+
+
 def every(period, step):
     return period > 0 and step % period == 0
 
@@ -65,10 +88,14 @@ class Solver(nn.Module):
         if args.mode == 'train':
             self.optims = Munch({net: torch.optim.Adam(
                 params=self.nets[net].parameters(), lr=args.f_lr if net == 'mapping_network' else args.lr,
-                betas=[args.beta1, args.beta2], weight_decay=args.weight_decay) for net in self.nets if net != 'fan'})
+                betas=[args.beta1, args.beta2], weight_decay=args.weight_decay, **optim_impl_kwargs(args))
+                for net in self.nets if net != 'fan'})
         self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims,
                                         trust_pickle=args.trust_pickle)
         self.to(self.device)
+        self.channels_last = args.get('memory_format', 'contiguous') == 'channels_last'
+        if self.channels_last:  # the conv weights (and their gradients and Adam states, which follow them)
+            self.to(memory_format=torch.channels_last)
         self.logits_and_r1 = None  # D(x_real) with R1 in one function: --compile's form (None: the reference's)
         self.micro_batch = 0  # images per chunk of the training step (0: the whole batch)
         if args.mode == 'train':
@@ -85,6 +112,9 @@ class Solver(nn.Module):
         args, nets = self.args, self.nets
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
+        if self.channels_last:  # oneDNN's own layout: no reorder before and after each convolution
+            inputs = Munch(inputs, **{k: inputs[k].contiguous(memory_format=torch.channels_last)
+                                      for k in IMAGES if k in inputs})
         if cudagraphs_enabled(args):  # a new iteration: CUDA-graph outputs of the last one may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         # the masks of the whole batch, once: the same values whatever the chunks (the FAN runs without gradient)
@@ -149,6 +179,7 @@ class Solver(nn.Module):
         elif args.init_from:  # fine-tuning (core/files/finetune.py); a resume of such a run loads its own checkpoint
             from core.files.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
+        match_state_layouts(self.optims)
         if main:  # a folder the run cannot write to, or missing evaluation weights: said now, not at step 5000
             check_before_training(args)
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)

@@ -25,7 +25,9 @@ matmuls, forward and backward including R1's double backward and the FAN) / mean
 Modes (--compare --modes a,b,...): reference_work (eager, and also the weight gradients the reference computes and
 throws away in the G steps), eager (the default training path), compile (torch.compile of G, F, E, D with R1, FAN),
 compile_cudagraphs (the same, mode reduce-overhead), compile_autotune (max-autotune-no-cudagraphs), bf16 and
-compile_bf16 (autocast; opt-in, changes numerics).
+compile_bf16 (autocast; opt-in, changes numerics), adam_loop, adam_foreach and adam_fused (eager with that
+--optim_impl, contiguous), reference_step (per-parameter Adam, contiguous: the reference's step whatever the preset),
+channels_last (the same in --memory_format channels_last). scripts/step_levers.py times modes interleaved in one process (ratios on a shared machine).
 
 --compare runs several modes one after the other in this process, each from freshly built networks with the same
 seed, and a numerics check: the first iteration of every mode runs on the same fixed batch from the same initial
@@ -75,6 +77,15 @@ MODES = {  # name -> the settings it changes (the rest are the command line's)
     'compile_cudagraphs': dict(compile=True, amp='none', compile_mode='reduce-overhead', skip_unused_grads=True),
     'compile_autotune': dict(compile=True, amp='none', compile_mode='max-autotune-no-cudagraphs',
                              skip_unused_grads=True),
+    # Adam's implementations (--optim_impl), in the reference's layout; eager otherwise
+    'adam_loop': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='loop', memory_format='contiguous'),
+    'adam_foreach': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='foreach', memory_format='contiguous'),
+    'adam_fused': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='fused', memory_format='contiguous'),
+    # the reference's step (per-parameter Adam, contiguous) and its layout alone (--memory_format)
+    'reference_step': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='auto',
+                           memory_format='contiguous'),
+    'channels_last': dict(compile=False, amp='none', skip_unused_grads=True, optim_impl='auto',
+                          memory_format='channels_last'),
     'bf16': dict(compile=False, amp='bf16', skip_unused_grads=True),
     'compile_bf16': dict(compile=True, amp='bf16', compile_mode='default', skip_unused_grads=True),
 }
