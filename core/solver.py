@@ -180,8 +180,16 @@ class Solver(nn.Module):
             from core.files.finetune import init_from
             init_from(self.nets, self.nets_ema, args)
         match_state_layouts(self.optims)
-        if main:  # a folder the run cannot write to, or missing evaluation weights: said now, not at step 5000
-            check_before_training(args)
+        # a folder the run cannot write to, or missing evaluation weights: said now, not at step 5000; every rank
+        # learns of it (one collective) and stops before its first iteration, not in it
+        problem = None
+        if main:
+            try:
+                check_before_training(args)
+            except SideJobError as e:
+                problem = e
+        if any_rank(problem is not None):
+            raise problem or SideJobError('rank 0 found a problem before the first iteration (its output says which)')
         fetcher = InputFetcher(loaders.src, loaders.ref, args.latent_dim, 'train', self.device)
         inputs_val = next(InputFetcher(loaders.val, None, args.latent_dim, 'val', self.device)) if main else None
         logger = TrainLogger(args, start) if main else None

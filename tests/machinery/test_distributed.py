@@ -305,6 +305,22 @@ def test_two_processes_in_chunks_match_one(runs, data):
         assert chunks['all_reduce'] == whole['all_reduce'] == STEPS * (6 + 1 + 1)  # --print_every 1
 
 
+def test_a_problem_found_before_training_ends_every_rank(tmp_path, data):
+    """Rank 0 checks the folders before the first iteration; a --sample_dir that cannot be written (below a regular
+    file) ends both processes before either trains, with the message naming the flag (rank 1 no longer starts
+    training and is torn down mid-iteration when rank 0 exits)."""
+    (tmp_path / 'a_file').write_text('not a folder')
+    flags = FLAGS + _dirs(tmp_path, 'run', data) + ['--sample_dir', str(tmp_path / 'a_file' / 'samples'),
+                                                    '--sample_every', '1']
+    t0 = time.time()
+    rc, out = _wait(_start(2, flags, tmp_path / 'run.log', STARGAN_DIST_TIMEOUT_S=600), tmp_path / 'run.log',
+                    timeout=120)
+    assert rc != 0
+    assert '--sample_dir' in out and 'cannot write there' in out, out[-3000:]
+    assert 'Start training from step' not in out
+    assert time.time() - t0 < 120
+
+
 def test_a_lost_rank_ends_the_job(tmp_path, data):
     """Rank 1 is killed (SIGKILL, between two optimiser steps) or hangs (rank 0's all-reduce times out after
     STARGAN_DIST_TIMEOUT_S) in the third iteration (step index 2): the job ends with a non-zero exit status and a
