@@ -39,6 +39,9 @@ PRESETS = {
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
 
+# what the demo's two domains can differ in (core/demo/data.TASKS draws them; named here, where the flag is)
+DEMO_TASKS = ('shapes', 'bars', 'updown')
+
 # the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
 PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'square,triangle'}
 
@@ -104,6 +107,9 @@ def get_parser():
     p.add_argument('--val_batch_size', type=int, default=32, help='Batch size for validation')
     p.add_argument('--lr', type=float, default=1e-4, help='Learning rate for D, E and G')
     p.add_argument('--f_lr', type=float, default=1e-6, help='Learning rate for F')
+    p.add_argument('--d_lr', type=float, default=0,
+                   help='Learning rate for D (0: --lr, as the reference); for the balance of D against G')
+    p.add_argument('--e_lr', type=float, default=0, help='Learning rate for E (0: --lr, as the reference)')
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')
@@ -123,6 +129,10 @@ def get_parser():
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
     p.add_argument('--preset', type=str, default=None, choices=sorted(PRESETS),
                    help='Fill in the flags of a setting: celeba_hq / afhq (the paper), demo (synthetic data, CPU, minutes)')
+    p.add_argument('--demo_task', type=str, default='shapes', choices=DEMO_TASKS,
+                   help='With --preset demo: what the synthetic domains differ in (core/demo/data.py, docs/demo.md): '
+                        'shapes (square/triangle), bars (horizontal/vertical), updown (a triangle pointing down/up); '
+                        'the data is drawn into expr/demo_data (shapes) or expr/demo_data_<task>')
     p.add_argument('--device', type=str, default='auto', help='auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...')
     p.add_argument('--num_threads', type=int, default=0,
                    help='CPU threads of PyTorch (torch.set_num_threads; 0: PyTorch\'s default, one per core). The demo '
@@ -259,7 +269,13 @@ def parse_args(argv=None):
         parser.set_defaults(**MODE_DEFAULTS[known.mode])
     if known.preset:
         parser.set_defaults(**PRESETS[known.preset])
-    return Munch(vars(parser.parse_args(argv)))
+    args = Munch(vars(parser.parse_args(argv)))
+    if known.preset == 'demo' and args.demo_task != DEMO_TASKS[0]:
+        # each task's data in a folder of its own (the preset's folders left at their defaults follow the task)
+        for k, v in PRESETS['demo'].items():
+            if isinstance(v, str) and v.startswith('expr/demo_data/') and args[k] == v:
+                args[k] = v.replace('expr/demo_data/', f'expr/demo_data_{args.demo_task}/')
+    return args
 
 
 def defaults():

@@ -1,0 +1,171 @@
+"""A sweep of the demo's settings over the family of tasks (core/demo/data.TASKS), one row per (setting, task, step)
+appended to a results file kept in the repository, so that a sweep can stop, continue and be read later.
+
+    python scripts/demo_sweep.py --settings preset,cyc1 --tasks all --iters 1500 --jobs 2   # train, score, append
+    python scripts/demo_sweep.py --table                   # the table of every row so far
+    python scripts/demo_sweep.py --table --final           # only each run's last step
+
+Each run is `main.py --mode train --preset demo --demo_task TASK` with the setting's flags, one thread, `nice`d, under
+expr/sweep/; its checkpoints at --points evenly spaced steps are scored like the quickstart (core/demo/score.py), so
+that one run gives a learning curve. A (setting, task, iterations) already in the results file is skipped. A setting
+is a name in SETTINGS or an ad-hoc `name:flag=value,flag=value`. Time: the training's wall time up to that step
+(scaled from the run's), on the machine as it was (docs/demo.md says which).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from core.config import DEMO_TASKS  # noqa: E402
+
+RESULTS = os.path.join(REPO, 'docs', 'demo_sweep', 'results.jsonl')
+WORK = os.path.join(REPO, 'expr', 'sweep')
+
+# name -> the flags it changes from the demo preset (core/config.py)
+SETTINGS = {
+    'preset': {},
+    'cyc1': dict(lambda_cyc=1),
+    'cyc05': dict(lambda_cyc=0.5),
+    'cyc1_reg01': dict(lambda_cyc=1, lambda_reg=0.1),
+    'cyc1_dlr2': dict(lambda_cyc=1, d_lr=2e-3),
+    'cyc05_reg01': dict(lambda_cyc=0.5, lambda_reg=0.1),
+}
+
+
+def parse_setting(text):
+    """A SETTINGS name, or name:flag=value,flag=value -> (name, flags)."""
+    if ':' not in text:
+        return text, SETTINGS[text]
+    name, spec = text.split(':', 1)
+    flags = {}
+    for item in filter(None, spec.split(',')):
+        k, v = item.split('=')
+        flags[k] = json.loads(v) if v[:1] in '0123456789-.' else v
+    return name, flags
+
+
+def read_rows(path=RESULTS):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_key(flags, task, iters):
+    return json.dumps(flags, sort_keys=True), task, iters
+
+
+def flag_list(flags):
+    out = []
+    for k, v in sorted(flags.items()):
+        out += [f'--{k}', str(v)]
+    return out
+
+
+def train_and_score(name, flags, task, iters, points, lock, results):
+    tag = f'{name}__{task}__{iters}'
+    root = os.path.join(WORK, tag)
+    data = os.path.join(WORK, f'data_{task}')
+    steps = sorted({round(iters * (k + 1) / points) for k in range(points)})
+    dirs = ['--train_img_dir', f'{data}/train', '--val_img_dir', f'{data}/val', '--src_dir', f'{data}/src',
+            '--ref_dir', f'{data}/ref', '--checkpoint_dir', f'{root}/ckpt', '--sample_dir', f'{root}/samples']
+    common = ['--preset', 'demo', '--demo_task', task, '--device', 'cpu'] + dirs + flag_list(flags)
+    os.makedirs(root, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=REPO)
+    cmd = ['nice', '-n', '10', sys.executable, 'main.py', '--mode', 'train', *common, '--total_iters', str(iters),
+           '--save_every', str(steps[0]), '--sample_every', str(steps[0]), '--print_every', '100']
+    t0 = time.time()
+    with open(f'{root}/train.log', 'w') as log:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall = time.time() - t0
+    if rc != 0:
+        print(f'{tag}: training failed (rc {rc}), see {root}/train.log', flush=True)
+        return
+    rows = []
+    for s in steps:
+        fname = f'{root}/ckpt/demo_score_{s:06d}.json'
+        if not os.path.exists(fname):
+            with open(f'{root}/score.log', 'a') as log:
+                subprocess.call(['nice', '-n', '10', sys.executable, '-m', 'core.demo.score', *common,
+                                 '--resume_iter', str(s)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(fname) as f:
+            score = json.load(f)
+        rows.append(dict(setting=name, flags=flags, task=task, iters=iters, step=s, train_s=round(wall * s / iters),
+                         run_wall_s=round(wall), date=time.strftime('%Y-%m-%d'),
+                         **{k: v for k, v in score.items() if k not in ('step', 'task', 'domains')}))
+    with lock:
+        with open(results, 'a') as f:
+            for r in rows:
+                f.write(json.dumps(r, sort_keys=True) + '\n')
+    for r in rows:
+        print(fmt_row(r), flush=True)
+
+
+def passes(r, budget_s=600):
+    """Deliverable 4 of the quickstart's aim: domain >= 0.9 (both), style <= chance / 2, content <= chance / 4,
+    latent diversity >= the data's / 3 (budget_s: the training's share of the 10 minutes)."""
+    return (r['domain_accuracy'] >= 0.9 and r['latent_domain_accuracy'] >= 0.9
+            and r['style_error'] <= r['style_error_chance'] / 2
+            and r['content_error'] <= r['content_error_chance'] / 4
+            and r['latent_content_error'] <= r['content_error_chance'] / 4
+            and r['latent_diversity'] >= r['style_error_chance'] / 3 and r['train_s'] <= budget_s)
+
+
+HEADER = ('| setting | task | step | domain | latent domain | style (chance) | content (chance) | latent content | '
+          'diversity (data) | train s | aim |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+
+
+def fmt_row(r):
+    return ('| %s | %s | %d | %.2f | %.2f | %.3f (%.3f) | %.3f (%.3f) | %.3f | %.3f (%.3f) | %d | %s |' % (
+        r['setting'], r['task'], r['step'], r['domain_accuracy'], r['latent_domain_accuracy'], r['style_error'],
+        r['style_error_chance'], r['content_error'], r['content_error_chance'], r['latent_content_error'],
+        r['latent_diversity'], r['style_error_chance'], r['train_s'], 'yes' if passes(r) else ''))
+
+
+def table(rows, final=False):
+    if final:
+        rows = [r for r in rows if r['step'] == r['iters']]
+    return '\n'.join([HEADER] + [fmt_row(r) for r in rows])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--settings', default='preset', help='comma-separated SETTINGS names or name:flag=v,flag=v '
+                   '(separate several ad-hoc ones with ;)')
+    p.add_argument('--tasks', default='shapes', help='comma-separated tasks, or all')
+    p.add_argument('--iters', type=int, default=1500)
+    p.add_argument('--points', type=int, default=3, help='scored checkpoints per run, evenly spaced')
+    p.add_argument('--jobs', type=int, default=2, help='runs at once (one thread each)')
+    p.add_argument('--results', default=RESULTS)
+    p.add_argument('--table', action='store_true', help='print the table and exit')
+    p.add_argument('--final', action='store_true', help='the table: only each run\'s last step')
+    a = p.parse_args(argv)
+    if a.table:
+        print(table(read_rows(a.results), a.final))
+        return
+    tasks = list(DEMO_TASKS) if a.tasks == 'all' else a.tasks.split(',')
+    sep = ';' if ';' in a.settings or ':' in a.settings else ','
+    settings = [parse_setting(s.strip()) for s in a.settings.split(sep) if s.strip()]
+    done = {run_key(r['flags'], r['task'], r['iters']) for r in read_rows(a.results)}
+    todo = [(n, f, t) for n, f in settings for t in tasks if run_key(f, t, a.iters) not in done]
+    print(f'{len(todo)} run(s) to do, {len(settings) * len(tasks) - len(todo)} already in {a.results}', flush=True)
+    from core.demo.data import make_demo_dataset
+    for t in {t for _, _, t in todo}:  # drawn once, before runs that share it start
+        make_demo_dataset(os.path.join(WORK, f'data_{t}'), task=t)
+    os.makedirs(os.path.dirname(a.results), exist_ok=True)
+    lock = threading.Lock()
+    with ThreadPoolExecutor(a.jobs) as pool:
+        for fut in [pool.submit(train_and_score, n, f, t, a.iters, a.points, lock, a.results) for n, f, t in todo]:
+            fut.result()
+    print(table(read_rows(a.results)))
+
+
+if __name__ == '__main__':
+    main()
