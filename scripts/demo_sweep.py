@@ -36,6 +36,7 @@ SETTINGS = {
     'cyc1_reg01': dict(lambda_cyc=1, lambda_reg=0.1),
     'cyc1_dlr2': dict(lambda_cyc=1, d_lr=2e-3),
     'cyc05_reg01': dict(lambda_cyc=0.5, lambda_reg=0.1),
+    'cyc05_reg01_dlr2': dict(lambda_cyc=0.5, lambda_reg=0.1, d_lr=2e-3),
 }
 
 
@@ -69,6 +70,23 @@ def flag_list(flags):
     return out
 
 
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def logged_wall(log):
+    """The training loop's time from the last progress line of a run's log (tqdm's elapsed), in seconds."""
+    import re
+    with open(log, errors='replace') as f:
+        found = re.findall(r'\| *\d+/\d+ \[(?:(\d+):)?(\d+):(\d+)<', f.read())
+    h, m, sec = found[-1]
+    return int(h or 0) * 3600 + int(m) * 60 + int(sec)
+
+
 def train_and_score(name, flags, task, iters, points, lock, results):
     tag = f'{name}__{task}__{iters}'
     root = os.path.join(WORK, tag)
@@ -81,13 +99,22 @@ def train_and_score(name, flags, task, iters, points, lock, results):
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=REPO)
     cmd = ['nice', '-n', '10', sys.executable, 'main.py', '--mode', 'train', *common, '--total_iters', str(iters),
            '--save_every', str(steps[0]), '--sample_every', str(steps[0]), '--print_every', '100']
-    t0 = time.time()
-    with open(f'{root}/train.log', 'w') as log:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    wall = time.time() - t0
-    if rc != 0:
-        print(f'{tag}: training failed (rc {rc}), see {root}/train.log', flush=True)
-        return
+    pid_file, final = f'{root}/pid', f'{root}/ckpt/demo_score_{iters:06d}.json'
+    while os.path.exists(pid_file) and alive(int(open(pid_file).read())):  # an earlier sweep's run, still going
+        time.sleep(20)
+    if os.path.exists(final):  # trained by an earlier sweep that stopped before writing its rows
+        wall = logged_wall(f'{root}/train.log')
+    else:
+        t0 = time.time()
+        with open(f'{root}/train.log', 'w') as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            with open(pid_file, 'w') as f:
+                f.write(str(proc.pid))
+            rc = proc.wait()
+        wall = time.time() - t0
+        if rc != 0:
+            print(f'{tag}: training failed (rc {rc}), see {root}/train.log', flush=True)
+            return
     rows = []
     for s in steps:
         fname = f'{root}/ckpt/demo_score_{s:06d}.json'
