@@ -37,6 +37,11 @@ SETTINGS = {
     'cyc1_dlr2': dict(lambda_cyc=1, d_lr=2e-3),
     'cyc05_reg01': dict(lambda_cyc=0.5, lambda_reg=0.1),
     'cyc05_reg01_dlr2': dict(lambda_cyc=0.5, lambda_reg=0.1, d_lr=2e-3),
+    'cyc1_f1e4': dict(lambda_cyc=1, f_lr=1e-4),
+    'cyc1_f1e4_reg01': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1),
+    'cyc1_f1e3': dict(lambda_cyc=1, f_lr=1e-3),
+    'cyc1_f1e3_reg01': dict(lambda_cyc=1, f_lr=1e-3, lambda_reg=0.1),
+    'cyc1_f1e4_reg01_sty2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_sty=2),
 }
 
 
