@@ -22,16 +22,18 @@ PRESETS = {
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref',
                  studio_inputs='assets/representative/afhq/src', studio_refs='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo/data.py: squares and triangles at
-    # random places and sizes) at 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice
-    # the iterations of batch 8 in the same time: the shapes need iterations more than larger batches), a high
-    # learning rate (F's 1/100 of it, as in the paper, so that the latent styles keep their spread), a short EMA, no
-    # random crops (they would move and scale the content the score checks), the cycle weight doubled (2: the
-    # source's place and size kept) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than
-    # the run). docs/demo.md: what it reaches, how fast, and what else was tried
+    # random places and sizes; --demo_task picks another task of the family) at 32 px, narrow networks (16-64
+    # channels), minutes on one CPU thread: batch 4 (twice the iterations of batch 8 in the same time: the shapes need
+    # iterations more than larger batches), a high learning rate, F's a tenth of it (the paper's 1/100 leaves F at its
+    # initialisation in a short run: one style per domain for every latent code), R1 0.1 (the paper's 1 kept D too
+    # smooth to tell a blob from the target's shape: G learned the colours but not the domain), a short EMA, no random
+    # crops (they would move and scale the content the score checks), the paper's cycle weight (1; 2 kept the
+    # source's shape longer) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than the run).
+    # docs/demo.md: what it reaches, how fast, the sweep (scripts/demo_sweep.py) and what else was tried
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
-                 lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
-                 batch_size=4, val_batch_size=8, total_iters=1100, print_every=20, sample_every=275,
-                 save_every=550, eval_every=0, num_workers=0, num_outs_per_domain=4,
+                 lambda_cyc=1, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, ema_beta=0.98, randcrop_prob=0, num_threads=1,
+                 batch_size=4, val_batch_size=8, total_iters=1500, print_every=20, sample_every=250,
+                 save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  studio_inputs='expr/demo_data/val', studio_refs='expr/demo_data/val',

@@ -28,18 +28,20 @@ from core.config import DEMO_TASKS  # noqa: E402
 RESULTS = os.path.join(REPO, 'docs', 'demo_sweep', 'results.jsonl')
 WORK = os.path.join(REPO, 'expr', 'sweep')
 
-# name -> the flags it changes from the demo preset (core/config.py)
+# name -> the flags it sets over the demo preset (core/config.py). Each spells out the preset's own values it relies
+# on, so that a row of the results file keeps its meaning when the preset changes ('preset': whatever it is now).
+PRESET_1100 = dict(lambda_cyc=2, f_lr=1e-5, lambda_reg=1)  # the preset until 2026-12-07 (1,100 iterations)
 SETTINGS = {
     'preset': {},
-    'cyc1': dict(lambda_cyc=1),
-    'cyc05': dict(lambda_cyc=0.5),
-    'cyc1_reg01': dict(lambda_cyc=1, lambda_reg=0.1),
-    'cyc1_dlr2': dict(lambda_cyc=1, d_lr=2e-3),
-    'cyc05_reg01': dict(lambda_cyc=0.5, lambda_reg=0.1),
-    'cyc05_reg01_dlr2': dict(lambda_cyc=0.5, lambda_reg=0.1, d_lr=2e-3),
-    'cyc1_f1e4': dict(lambda_cyc=1, f_lr=1e-4),
-    'cyc1_f1e4_reg01': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1),
-    'cyc1_f1e3': dict(lambda_cyc=1, f_lr=1e-3),
+    'preset_1100': PRESET_1100,
+    'cyc1': dict(PRESET_1100, lambda_cyc=1),
+    'cyc05': dict(PRESET_1100, lambda_cyc=0.5),
+    'cyc1_reg01': dict(PRESET_1100, lambda_cyc=1, lambda_reg=0.1),
+    'cyc1_dlr2': dict(PRESET_1100, lambda_cyc=1, d_lr=2e-3),
+    'cyc05_reg01': dict(PRESET_1100, lambda_cyc=0.5, lambda_reg=0.1),
+    'cyc05_reg01_dlr2': dict(PRESET_1100, lambda_cyc=0.5, lambda_reg=0.1, d_lr=2e-3),
+    'cyc1_f1e4': dict(PRESET_1100, lambda_cyc=1, f_lr=1e-4),
+    'cyc1_f1e4_reg01': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1),  # the preset since 2026-12-07
     'cyc1_f1e3_reg01': dict(lambda_cyc=1, f_lr=1e-3, lambda_reg=0.1),
     'cyc1_f1e4_reg01_sty2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_sty=2),
 }
