@@ -44,6 +44,8 @@ SETTINGS = {
     'cyc1_f1e4_reg01': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1),  # the preset since 2026-12-07
     'cyc1_f1e3_reg01': dict(lambda_cyc=1, f_lr=1e-3, lambda_reg=0.1),
     'cyc1_f1e4_reg01_sty2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_sty=2),
+    'cyc1_f1e4_reg01_ds2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_ds=2),
+    'cyc1_f1e4_reg001': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.01),
 }
 
 
@@ -152,13 +154,13 @@ def passes(r, budget_s=600):
             and r['latent_diversity'] >= r['style_error_chance'] / 3 and r['train_s'] <= budget_s)
 
 
-HEADER = ('| setting | task | step | domain | latent domain | style (chance) | content (chance) | latent content | '
+HEADER = ('| setting | task | step (of) | domain | latent domain | style (chance) | content (chance) | latent content | '
           'diversity (data) | train s | aim |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 
 
 def fmt_row(r):
-    return ('| %s | %s | %d | %.2f | %.2f | %.3f (%.3f) | %.3f (%.3f) | %.3f | %.3f (%.3f) | %d | %s |' % (
-        r['setting'], r['task'], r['step'], r['domain_accuracy'], r['latent_domain_accuracy'], r['style_error'],
+    return ('| %s | %s | %d (%d) | %.2f | %.2f | %.3f (%.3f) | %.3f (%.3f) | %.3f | %.3f (%.3f) | %d | %s |' % (
+        r['setting'], r['task'], r['step'], r['iters'], r['domain_accuracy'], r['latent_domain_accuracy'], r['style_error'],
         r['style_error_chance'], r['content_error'], r['content_error_chance'], r['latent_content_error'],
         r['latent_diversity'], r['style_error_chance'], r['train_s'], 'yes' if passes(r) else ''))
 
