@@ -23,13 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from core.config import DEMO_TASKS  # noqa: E402
+from core.config import DEMO_TASKS, PRESETS  # noqa: E402
 
 RESULTS = os.path.join(REPO, 'docs', 'demo_sweep', 'results.jsonl')
 WORK = os.path.join(REPO, 'expr', 'sweep')
 
 # name -> the flags it sets over the demo preset (core/config.py). Each spells out the preset's own values it relies
 # on, so that a row of the results file keeps its meaning when the preset changes ('preset': whatever it is now).
+# the preset's own numbers when the run was made (a row's full setting: these, then its flags)
+PRESET_NOW = {k: v for k, v in PRESETS['demo'].items() if not isinstance(v, str)}
 PRESET_1100 = dict(lambda_cyc=2, f_lr=1e-5, lambda_reg=1)  # the preset until 2026-12-07 (1,100 iterations)
 SETTINGS = {
     'preset': {},
@@ -133,7 +135,8 @@ def train_and_score(name, flags, task, iters, points, lock, results):
                                  '--resume_iter', str(s)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         with open(fname) as f:
             score = json.load(f)
-        rows.append(dict(setting=name, flags=flags, task=task, iters=iters, step=s, train_s=round(wall * s / iters),
+        rows.append(dict(setting=name, flags=flags, preset=PRESET_NOW, task=task, iters=iters, step=s,
+                         train_s=round(wall * s / iters),
                          run_wall_s=round(wall), date=time.strftime('%Y-%m-%d'),
                          **{k: v for k, v in score.items() if k not in ('step', 'task', 'domains')}))
     with lock:
