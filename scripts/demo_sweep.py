@@ -3,7 +3,7 @@ appended to a results file kept in the repository, so that a sweep can stop, con
 
     python scripts/demo_sweep.py --settings preset,cyc1 --tasks all --iters 1500 --jobs 2   # train, score, append
     python scripts/demo_sweep.py --table                   # the table of every row so far
-    python scripts/demo_sweep.py --table --final           # only each run's last step
+    python scripts/demo_sweep.py --table --final           # per setting and task: the last and the best step
 
 Each run is `main.py --mode train --preset demo --demo_task TASK` with the setting's flags, one thread, `nice`d, under
 expr/sweep/; its checkpoints at --points evenly spaced steps are scored like the quickstart (core/demo/score.py), so
@@ -168,9 +168,25 @@ def fmt_row(r):
         r['latent_diversity'], r['style_error_chance'], r['train_s'], 'yes' if passes(r) else ''))
 
 
+def summary(rows):
+    """Per (setting, task), from its longest run (runs are deterministic: a shorter one repeats its first steps): the
+    last step, and the step of the best domain accuracy (the lower of reference- and latent-guided) when earlier."""
+    runs = {}
+    for r in rows:
+        key = (r['setting'], r['task'])
+        if r['iters'] >= runs.get(key, [dict(iters=-1)])[0]['iters']:
+            runs[key] = [x for x in runs.get(key, []) if x['iters'] == r['iters']] + [r]
+    out = []
+    for rs in runs.values():
+        last = max(rs, key=lambda r: r['step'])
+        best = max(rs, key=lambda r: (min(r['domain_accuracy'], r['latent_domain_accuracy']), r['step']))
+        out += [best, last] if best is not last else [last]
+    return out
+
+
 def table(rows, final=False):
     if final:
-        rows = [r for r in rows if r['step'] == r['iters']]
+        rows = summary(rows)
     return '\n'.join([HEADER] + [fmt_row(r) for r in rows])
 
 
@@ -184,7 +200,8 @@ def main(argv=None):
     p.add_argument('--jobs', type=int, default=2, help='runs at once (one thread each)')
     p.add_argument('--results', default=RESULTS)
     p.add_argument('--table', action='store_true', help='print the table and exit')
-    p.add_argument('--final', action='store_true', help='the table: only each run\'s last step')
+    p.add_argument('--final', action='store_true', help='the table: per setting and task, the last step of its longest '
+                   'run and the step of its best domain accuracy')
     a = p.parse_args(argv)
     if a.table:
         print(table(read_rows(a.results), a.final))
