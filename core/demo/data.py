@@ -2,7 +2,9 @@
 measurements its drawer makes possible (what core/demo/score.py scores with).
 
     make_demo_dataset('expr/demo_data', n_train=500, n_val=16, size=32)  # -> {train,val,src,ref}/{square,triangle}/*.png
+    make_demo_dataset('expr/demo_data_bars', task='bars')                 # -> .../{horizontal,vertical}/*.png
     m = measure(x)   # x: (N, 3, H, W) in [-1, 1] -> Munch(fg, bg, centre, half_width, fill, shape, ...)
+    m = measure(x, 'bars')  # shape: 0 horizontal, 1 vertical, -1 neither
 
 Each image shows one shape on a shaded background, and three things about it vary independently:
 - content, what a translation must keep: where the shape is and how big (its centre anywhere in the middle of the
@@ -12,6 +14,8 @@ Each image shows one shape on a shaded background, and three things about it var
   a small generator learns to draw; a disc differs from a square only in four thin corners);
 - style, what a reference or a latent code gives: the colours, a saturated shape colour on a neutral background.
 The background is shaded from light at the top to dark at the bottom (why: SHADE).
+That is the task 'shapes'; TASKS holds the family (--demo_task), which differs only in what the domain changes
+(bars lying or standing, a triangle pointing down or up), and measure(x, task) reads each task's kind of shape.
 
 The folder is written only where it cannot mix with someone's data: a folder that does not exist, an empty one, or
 one this function wrote before (it holds the marker file `.stargan_demo`); anything else is an error naming it.
