@@ -157,14 +157,15 @@ def passes(r, budget_s=600):
             and r['latent_diversity'] >= r['style_error_chance'] / 3 and r['train_s'] <= budget_s)
 
 
-HEADER = ('| setting | task | step (of) | domain | latent domain | style (chance) | content (chance) | latent content | '
-          'diversity (data) | train s | aim |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+HEADER = ('| setting | task | step (of) | domain | latent domain | style (chance) | content (chance) | '
+          'latent content | diversity (data) | train s | aim |\n'
+          '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 
 
 def fmt_row(r):
     return ('| %s | %s | %d (%d) | %.2f | %.2f | %.3f (%.3f) | %.3f (%.3f) | %.3f | %.3f (%.3f) | %d | %s |' % (
-        r['setting'], r['task'], r['step'], r['iters'], r['domain_accuracy'], r['latent_domain_accuracy'], r['style_error'],
-        r['style_error_chance'], r['content_error'], r['content_error_chance'], r['latent_content_error'],
+        r['setting'], r['task'], r['step'], r['iters'], r['domain_accuracy'], r['latent_domain_accuracy'],
+        r['style_error'], r['style_error_chance'], r['content_error'], r['content_error_chance'], r['latent_content_error'],
         r['latent_diversity'], r['style_error_chance'], r['train_s'], 'yes' if passes(r) else ''))
 
 

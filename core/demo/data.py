@@ -191,7 +191,8 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, 
     with open(os.path.join(root, 'labels.json'), 'w') as f:
         json.dump(labels, f, indent=0, sort_keys=True)
     open(complete, 'w').close()
-    print(f'Wrote the demo dataset ({task}: {" / ".join(TASKS[task])}; {n_train} train + {n_val} val images per domain, {size}x{size}) to {root}')
+    print(f'Wrote the demo dataset ({task}: {" / ".join(TASKS[task])}; {n_train} train + {n_val} val images per '
+          f'domain, {size}x{size}) to {root}')
     return root
 
 
@@ -231,8 +232,8 @@ def measure(x, task='shapes'):
       the height (an upright triangle about +1/6, one pointing down -1/6, a square 0);
     - for the other tasks (TASKS) shape is the index into the task's domains: bars, the longer side of the box
       (horizontal, vertical) of a shape filling its box (fill >= MIN_BAR_FILL) whose aspect is at least
-      MIN_BAR_ASPECT either way; updown, the sign of tilt (down: < -MIN_TILT, up: > MIN_TILT) of a shape filling
-      FILL_MARGIN about a triangle's half of its box; -1 otherwise, and as above (contrast, border ring)."""
+      MIN_BAR_ASPECT either way; updown, the sign of tilt (down: < -MIN_TILT, up: > MIN_TILT) of a shape whose fill is
+      within 2 * FILL_MARGIN (0.3) of a triangle's 1/2; -1 otherwise, and as above (contrast, border ring)."""
     img = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
     N, _, H, W = img.shape
     r = ring_width(H)
