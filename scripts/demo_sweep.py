@@ -48,6 +48,7 @@ SETTINGS = {
     'cyc1_f1e4_reg01_sty2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_sty=2),
     'cyc1_f1e4_reg01_ds2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, lambda_ds=2),
     'cyc1_f1e4_reg001': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.01),
+    'cyc1_f1e4_reg01_dlr2': dict(lambda_cyc=1, f_lr=1e-4, lambda_reg=0.1, d_lr=2e-3),
 }
 
 
