@@ -47,7 +47,8 @@ def main(args):
     if args.preset == 'demo' and args.mode in ('train', 'sample', 'eval'):
         from core.demo.data import prepare_demo_data
         if dist_info.rank == 0:
-            on_demo_data = prepare_demo_data(args.train_img_dir, args.val_img_dir, args.img_size)
+            on_demo_data = prepare_demo_data(args.train_img_dir, args.val_img_dir, args.img_size,
+                                             task=args.demo_task)
         barrier()  # the other ranks read it next
 
     from core.inference.representative import check_representative

@@ -22,23 +22,28 @@ PRESETS = {
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref',
                  studio_inputs='assets/representative/afhq/src', studio_refs='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo/data.py: squares and triangles at
-    # random places and sizes) at 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice
-    # the iterations of batch 8 in the same time: the shapes need iterations more than larger batches), a high
-    # learning rate (F's 1/100 of it, as in the paper, so that the latent styles keep their spread), a short EMA, no
-    # random crops (they would move and scale the content the score checks), the cycle weight doubled (2: the
-    # source's place and size kept) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than
-    # the run). docs/demo.md: what it reaches, how fast, and what else was tried
+    # random places and sizes; --demo_task picks another task of the family) at 32 px, narrow networks (16-64
+    # channels), minutes on one CPU thread: batch 4 (twice the iterations of batch 8 in the same time: the shapes need
+    # iterations more than larger batches), a high learning rate, F's a tenth of it (the paper's 1/100 leaves F at its
+    # initialisation in a short run: one style per domain for every latent code), R1 0.1 (the paper's 1 kept D too
+    # smooth to tell a blob from the target's shape: G learned the colours but not the domain), a short EMA, no random
+    # crops (they would move and scale the content the score checks), the paper's cycle weight (1; 2 kept the
+    # source's shape longer) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than the run).
+    # docs/demo.md: what it reaches, how fast, the sweep (scripts/demo_sweep.py) and what else was tried
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
-                 lambda_cyc=2, lr=1e-3, f_lr=1e-5, ema_beta=0.98, randcrop_prob=0, num_threads=1,
+                 lambda_cyc=1, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, ema_beta=0.98, randcrop_prob=0, num_threads=1,
                  optim_impl='fused', memory_format='channels_last',  # the same to rounding, faster: docs/benchmarks.md
-                 batch_size=4, val_batch_size=8, total_iters=1100, print_every=20, sample_every=275,
-                 save_every=550, eval_every=0, num_workers=0, num_outs_per_domain=4,
+                 batch_size=4, val_batch_size=8, total_iters=1500, print_every=20, sample_every=250,
+                 save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  studio_inputs='expr/demo_data/val', studio_refs='expr/demo_data/val',
                  sample_dir='expr/demo/samples', checkpoint_dir='expr/demo/checkpoints',
                  eval_dir='expr/demo/eval', result_dir='expr/demo/results'),
 }
+
+# what the demo's two domains can differ in (core/demo/data.TASKS draws them; named here, where the flag is)
+DEMO_TASKS = ('shapes', 'bars', 'updown')
 
 # the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
 PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'square,triangle'}
@@ -105,6 +110,9 @@ def get_parser():
     p.add_argument('--val_batch_size', type=int, default=32, help='Batch size for validation')
     p.add_argument('--lr', type=float, default=1e-4, help='Learning rate for D, E and G')
     p.add_argument('--f_lr', type=float, default=1e-6, help='Learning rate for F')
+    p.add_argument('--d_lr', type=float, default=0,
+                   help='Learning rate for D (0: --lr, as the reference); for the balance of D against G')
+    p.add_argument('--e_lr', type=float, default=0, help='Learning rate for E (0: --lr, as the reference)')
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')
@@ -124,6 +132,10 @@ def get_parser():
     p.add_argument('--seed', type=int, default=777, help='Seed for random number generator')
     p.add_argument('--preset', type=str, default=None, choices=sorted(PRESETS),
                    help='Fill in the flags of a setting: celeba_hq / afhq (the paper), demo (synthetic data, CPU, minutes)')
+    p.add_argument('--demo_task', type=str, default='shapes', choices=DEMO_TASKS,
+                   help='With --preset demo: what the synthetic domains differ in (core/demo/data.py, docs/demo.md): '
+                        'shapes (square/triangle), bars (horizontal/vertical), updown (a triangle pointing down/up); '
+                        'the data is drawn into expr/demo_data (shapes) or expr/demo_data_<task>')
     p.add_argument('--device', type=str, default='auto', help='auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...')
     p.add_argument('--num_threads', type=int, default=0,
                    help='CPU threads of PyTorch (torch.set_num_threads; 0: PyTorch\'s default, one per core). The demo '
@@ -287,7 +299,13 @@ def parse_args(argv=None):
         parser.set_defaults(**MODE_DEFAULTS[known.mode])
     if known.preset:
         parser.set_defaults(**PRESETS[known.preset])
-    return Munch(vars(parser.parse_args(argv)))
+    args = Munch(vars(parser.parse_args(argv)))
+    if known.preset == 'demo' and args.demo_task != DEMO_TASKS[0]:
+        # each task's data in a folder of its own (the preset's folders left at their defaults follow the task)
+        for k, v in PRESETS['demo'].items():
+            if isinstance(v, str) and v.startswith('expr/demo_data/') and args[k] == v:
+                args[k] = v.replace('expr/demo_data/', f'expr/demo_data_{args.demo_task}/')
+    return args
 
 
 def defaults():

@@ -87,7 +87,7 @@ class Solver(nn.Module):
         self.optims = None
         if args.mode == 'train':
             self.optims = Munch({net: torch.optim.Adam(
-                params=self.nets[net].parameters(), lr=args.f_lr if net == 'mapping_network' else args.lr,
+                params=self.nets[net].parameters(), lr=self._lr(net),
                 betas=[args.beta1, args.beta2], weight_decay=args.weight_decay, **optim_impl_kwargs(args))
                 for net in self.nets if net != 'fan'})
         self.checkpoint = RunCheckpoint(args.checkpoint_dir, self.nets, self.nets_ema, self.optims,
@@ -103,6 +103,13 @@ class Solver(nn.Module):
             self.micro_batch = resolve_micro_batch(args, self.device, local_batch, solver_cls=type(self))
         if args.compile and args.mode == 'train':
             self.logits_and_r1 = compile_nets(self.nets, args)
+
+    def _lr(self, net):
+        """F: --f_lr; D and E: --d_lr, --e_lr where set (> 0); else --lr (the reference's)."""
+        if net == 'mapping_network':
+            return self.args.f_lr
+        lr = {'discriminator': self.args.get('d_lr', 0), 'style_encoder': self.args.get('e_lr', 0)}.get(net, 0)
+        return lr if lr > 0 else self.args.lr
 
     # ------------------------------------------------------------------------------------------------ one iteration
     def train_step(self, inputs, step):

@@ -12,7 +12,7 @@ Writes (under 2 MB in all):
 - assets/speed_memory.png: seconds per iteration and peak GPU memory, the H100 figures measured in
   docs/benchmarks.md (read from its first table, not re-measured here);
 - assets/studio.png: the studio page (`main.py --mode serve --preset demo`) in a headless Chromium, driven by
-  scripts/studio_browser.py as the browser test drives it: a sample triangle translated into squares with three
+  scripts/studio_browser.py as the browser test drives it: a sample square translated into triangles with three
   references of the gallery (skipped, with a message, without Playwright and Chromium; --no_screenshot).
 assets/representative/ (the authors' images, scripts/download.sh representative-images) is git-ignored.
 """
@@ -102,7 +102,7 @@ def speed_chart(md_path, png_path):
     print('wrote', os.path.relpath(png_path, REPO))
 
 
-def studio_screenshot(png_path, photo='expr/demo_data/val/triangle/0003.png', domain='square', n_refs=3):
+def studio_screenshot(png_path, photo='expr/demo_data/val/square/0003.png', domain='triangle', n_refs=3):
     """The page on the quickstart's network, after one reference-guided request, as assets/studio.png."""
     os.chdir(REPO)  # the demo preset's folders are relative to the repository
     sys.path.insert(0, os.path.join(REPO, 'scripts'))

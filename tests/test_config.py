@@ -75,3 +75,25 @@ def test_the_start_up_summary_is_short():
     assert 'mode train' in line and 'preset demo' in line and 'device cpu' in line
     assert args.train_img_dir in line and args.checkpoint_dir in line
     assert len(line) < 400
+
+
+def test_per_network_learning_rates_default_to_the_reference():
+    """--d_lr / --e_lr unset (0): D and E learn at --lr, F at --f_lr, as the reference; set, they win."""
+    from core.solver import Solver
+    args = parse_args(['--mode', 'train', '--preset', 'demo', '--device', 'cpu', '--base_dim', '8',
+                       '--max_conv_dim', '16', '--hidden_dim', '16'])
+    assert (args.d_lr, args.e_lr) == (0, 0)
+    lrs = {k: o.param_groups[0]['lr'] for k, o in Solver(args).optims.items()}
+    assert lrs == dict(generator=args.lr, mapping_network=args.f_lr, style_encoder=args.lr, discriminator=args.lr)
+    args.update(d_lr=3e-3, e_lr=2e-4)
+    lrs = {k: o.param_groups[0]['lr'] for k, o in Solver(args).optims.items()}
+    assert lrs == dict(generator=args.lr, mapping_network=args.f_lr, style_encoder=2e-4, discriminator=3e-3)
+
+
+def test_each_demo_task_has_folders_of_its_own():
+    shapes = parse_args(['--mode', 'train', '--preset', 'demo'])
+    bars = parse_args(['--mode', 'train', '--preset', 'demo', '--demo_task', 'bars'])
+    assert shapes.train_img_dir == 'expr/demo_data/train' and bars.train_img_dir == 'expr/demo_data_bars/train'
+    assert bars.src_dir == 'expr/demo_data_bars/src' and bars.studio_refs == 'expr/demo_data_bars/val'
+    mine = parse_args(['--mode', 'train', '--preset', 'demo', '--demo_task', 'bars', '--train_img_dir', 'x/train'])
+    assert mine.train_img_dir == 'x/train'

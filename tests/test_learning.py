@@ -5,11 +5,12 @@ coin flip at the domain. Both are asserted, so this test fails when learning is 
 
     python -m pytest -q tests/test_learning.py -s     # -s prints both scores
 
-The demo preset itself, stopped after 300 of its 1,100 iterations; the two runs side by side, one thread each.
-Measured (2026-12-03): content error 0.089 (latent-guided 0.095) for the correct run, 0.089 (latent-guided
-0.355: noise) with the fake term's sign flipped, against 0.291 for a generator that ignores its source; latent-guided
-domain accuracy 0.20 and 0.13 (this early the correct run has not learned the domain either: the content separates
-the two runs, docs/demo.md).
+The demo preset itself, stopped after 300 of its 1,500 iterations; the two runs side by side, one thread each (123 s
+wall on 2 CPU cores, measured 2026-12-07 with /usr/bin/time). Measured then: content error 0.088 (latent-guided 0.087)
+for the correct run, 0.177 (latent-guided 0.342: noise) with the fake term's sign flipped, against 0.291 for a
+generator that ignores its source; domain accuracy 0.39 (latent-guided 0.48) and 0.29 (0.23). This early the correct
+run has not learned the domain either (it does after about 1,000 iterations, docs/demo.md: the sweep); a run that
+long does not fit the suite's 3 minutes, so the content separates the two runs.
 """
 import json
 import multiprocessing

@@ -2,7 +2,9 @@
 measurements its drawer makes possible (what core/demo/score.py scores with).
 
     make_demo_dataset('expr/demo_data', n_train=500, n_val=16, size=32)  # -> {train,val,src,ref}/{square,triangle}/*.png
+    make_demo_dataset('expr/demo_data_bars', task='bars')                 # -> .../{horizontal,vertical}/*.png
     m = measure(x)   # x: (N, 3, H, W) in [-1, 1] -> Munch(fg, bg, centre, half_width, fill, shape, ...)
+    m = measure(x, 'bars')  # shape: 0 horizontal, 1 vertical, -1 neither
 
 Each image shows one shape on a shaded background, and three things about it vary independently:
 - content, what a translation must keep: where the shape is and how big (its centre anywhere in the middle of the
@@ -12,6 +14,8 @@ Each image shows one shape on a shaded background, and three things about it var
   a small generator learns to draw; a disc differs from a square only in four thin corners);
 - style, what a reference or a latent code gives: the colours, a saturated shape colour on a neutral background.
 The background is shaded from light at the top to dark at the bottom (why: SHADE).
+That is the task 'shapes'; TASKS holds the family (--demo_task), which differs only in what the domain changes
+(bars lying or standing, a triangle pointing down or up), and measure(x, task) reads each task's kind of shape.
 
 The folder is written only where it cannot mix with someone's data: a folder that does not exist, an empty one, or
 one this function wrote before (it holds the marker file `.stargan_demo`); anything else is an error naming it.
@@ -31,6 +35,20 @@ from core.data_loader import DataError
 # the kinds of shape the drawer knows, with the share of its bounding box each fills; DOMAINS: the demo's two
 SHAPE_FILL = {'circle': math.pi / 4, 'square': 1.0, 'triangle': 0.5}
 DOMAINS = ('square', 'triangle')
+# The family of tasks (--demo_task): what the two domains differ in, each pair of domains in sorted order (the order
+# of the data loader's folders). Content (place, size) and style (colours) are drawn the same way in every task.
+# - shapes: a square or an upright triangle (the share of the bounding box the shape fills: 1 or 1/2);
+# - bars: a bar lying or standing (the aspect of its bounding box: 2:1 or 1:2; both fill their box);
+# - updown: a triangle pointing down or up (where its mass sits in its box: above or below the middle).
+TASKS = {'shapes': DOMAINS, 'bars': ('horizontal', 'vertical'), 'updown': ('down', 'up')}
+BAR_ASPECT = 2.0      # a bar's long side over its short side
+# A bar's half-length and half-thickness over the drawn half-width (the mean of the two: the content is the same
+# number in every task, and the half-width measure() reads back, (width + height) / 4, is the drawn one)
+BAR_HALVES = (2 * BAR_ASPECT / (BAR_ASPECT + 1), 2 / (BAR_ASPECT + 1))
+MIN_BAR_ASPECT = 1.4  # measured aspect (long over short) below which a shape is no bar (a square, a blob)
+MIN_BAR_FILL = 0.85   # a bar fills its box (the data: 1.0); a disc or an ellipse fills pi/4
+MIN_TILT = 0.08       # |centre of mass - middle of the box| / height below which a triangle points neither way
+#                       (the data: about 1/6; a square or a disc: 0)
 MARKER = '.stargan_demo'  # written first: the folder is ours (its content says which settings drew it)
 COMPLETE = '.complete'    # written last: the set is whole
 SUPERSAMPLE = 4           # shapes drawn at 4x then downsampled: smooth edges at any size
@@ -84,19 +102,28 @@ def shaded_background(size, bg):
     return np.repeat(np.clip(np.round(rows), 0, 255).astype(np.uint8)[:, None], size, axis=1)
 
 
+def half_extents(domain, half_width):
+    """The half-width and half-height of the shape's bounding box (fractions of the side): a square box of
+    half_width, except for bars, whose two halves average half_width."""
+    long, short = (h * half_width for h in BAR_HALVES)
+    return {'horizontal': (long, short), 'vertical': (short, long)}.get(domain, (half_width, half_width))
+
+
 def draw_shape(domain, fg, bg, centre, half_width, size=32):
-    """A PIL image of side size: the shape of domain (a DOMAINS name) in colour fg (uint8 RGB) with its centre (x, y)
+    """A PIL image of side size: the shape of domain (a name in TASKS) in colour fg (uint8 RGB) with its centre (x, y)
     and half-width (fractions of the side) on the shaded background of colour bg."""
     big = size * SUPERSAMPLE
     img = Image.fromarray(shaded_background(size, bg)).resize((big, big), Image.NEAREST)
-    (cx, cy), half = centre, half_width
-    box = [(cx - half) * big, (cy - half) * big, (cx + half) * big - 1, (cy + half) * big - 1]
+    (cx, cy), (hx, hy) = centre, half_extents(domain, half_width)
+    box = [(cx - hx) * big, (cy - hy) * big, (cx + hx) * big - 1, (cy + hy) * big - 1]
     draw = ImageDraw.Draw(img)
     if domain == 'circle':
         draw.ellipse(box, fill=tuple(fg))
-    elif domain == 'square':
+    elif domain in ('square', 'horizontal', 'vertical'):
         draw.rectangle(box, fill=tuple(fg))
-    else:  # an upright isosceles triangle filling half of the box
+    elif domain == 'down':  # the upright triangle upside down
+        draw.polygon([((box[0] + box[2]) / 2, box[3]), (box[0], box[1]), (box[2], box[1])], fill=tuple(fg))
+    else:  # triangle, up: an upright isosceles triangle filling half of the box
         draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=tuple(fg))
     return img.resize((size, size), Image.BOX)
 
@@ -106,7 +133,7 @@ def draw_sample(rng, domain, size=32, colours='palette'):
     side: the half-width of the shape's bounding box))."""
     fg, bg = draw_colours(rng, colours)
     half = rng.uniform(*HALF_WIDTH)
-    clear = (ring_width(size) + 1) / size + half                   # the centre keeps the shape off the ring
+    clear = (ring_width(size) + 1) / size + max(half_extents(domain, half))  # the shape keeps off the ring
     cx, cy = rng.uniform(clear, 1 - clear, 2)
     img = draw_shape(domain, fg, bg, (cx, cy), half, size)
     return img, Munch(domain=domain, fg=fg, bg=bg, centre=(round(cx, 4), round(cy, 4)), half_width=round(half, 4))
@@ -128,12 +155,14 @@ def _check_target(root):
         f'folders, or train on your own data without --preset demo.')
 
 
-def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='palette'):
-    """Writes root/{train,val,src,ref}/{square,triangle}/NNNN.png and root/labels.json (what was drawn, per file)
-    unless the same set is already complete; returns root. src/ref hold n_sample images per domain for
-    --mode sample. Raises DemoDataError when root holds anything the demo did not write."""
+def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='palette', task='shapes'):
+    """Writes root/{train,val,src,ref}/{square,triangle}/NNNN.png (the domains of task, TASKS) and root/labels.json
+    (what was drawn, per file) unless the same set is already complete; returns root. src/ref hold n_sample images
+    per domain for --mode sample. Raises DemoDataError when root holds anything the demo did not write."""
     settings = dict(n_train=n_train, n_val=n_val, size=size, seed=seed, n_sample=n_sample, colours=colours,
                     version=4)
+    if task != 'shapes':  # the first task's marker as before: its folders are not redrawn
+        settings['task'] = task
     _check_target(root)
     marker, complete = os.path.join(root, MARKER), os.path.join(root, COMPLETE)
     if os.path.exists(complete) and os.path.exists(marker):
@@ -148,7 +177,7 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, 
     rng = np.random.default_rng(seed)
     labels = {}
     for split, n in (('train', n_train), ('val', n_val), ('src', n_sample), ('ref', n_sample)):
-        for domain in DOMAINS:
+        for domain in TASKS[task]:
             folder = os.path.join(root, split, domain)
             os.makedirs(folder, exist_ok=True)
             for old in os.listdir(folder):  # an earlier demo set with other settings (the marker says it is ours)
@@ -162,7 +191,8 @@ def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, 
     with open(os.path.join(root, 'labels.json'), 'w') as f:
         json.dump(labels, f, indent=0, sort_keys=True)
     open(complete, 'w').close()
-    print(f'Wrote the demo dataset ({n_train} train + {n_val} val images per domain, {size}x{size}) to {root}')
+    print(f'Wrote the demo dataset ({task}: {" / ".join(TASKS[task])}; {n_train} train + {n_val} val images per '
+          f'domain, {size}x{size}) to {root}')
     return root
 
 
@@ -180,7 +210,7 @@ def _ring_background(img):
 
 
 @torch.no_grad()
-def measure(x):
+def measure(x, task='shapes'):
     """What the drawer of this data set knows, read back from images (N, 3, H, W) in [-1, 1] (colours RGB in [0, 1],
     places and sizes as fractions of the side):
     - bg: the background colour, the mean of the border ring (ring_width pixels, where no shape reaches); the shading
@@ -197,7 +227,13 @@ def measure(x):
       nearest (the data measure 1.0 and 0.53-0.62 at 32 px); -1 (neither) where fill is FILL_MARGIN (0.15) below the
       least-filling kind, where contrast < MIN_CONTRAST (0.25), or where the shape reaches into the border ring (the
       data's shapes never do: noise, a stripe, a frame);
-    - contrast: the largest distance to the background (near 0 for a blank image)."""
+    - contrast: the largest distance to the background (near 0 for a blank image);
+    - aspect: width over height of the box; tilt: the coverage's centre of mass below the middle of the box, over
+      the height (an upright triangle about +1/6, one pointing down -1/6, a square 0);
+    - for the other tasks (TASKS) shape is the index into the task's domains: bars, the longer side of the box
+      (horizontal, vertical) of a shape filling its box (fill >= MIN_BAR_FILL) whose aspect is at least
+      MIN_BAR_ASPECT either way; updown, the sign of tilt (down: < -MIN_TILT, up: > MIN_TILT) of a shape whose fill is
+      within 2 * FILL_MARGIN (0.3) of a triangle's 1/2; -1 otherwise, and as above (contrast, border ring)."""
     img = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
     N, _, H, W = img.shape
     r = ring_width(H)
@@ -211,6 +247,7 @@ def measure(x):
     fg, fill, off_ring = bg.clone(), torch.zeros(N), torch.zeros(N, dtype=torch.bool)
     yy, xx = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing='ij')
     centre, half_width = torch.full((N, 2), 0.5), torch.zeros(N)
+    aspect, tilt = torch.ones(N), torch.zeros(N)
     for n in range(N):
         if contrast[n] < 1e-3:
             continue
@@ -232,11 +269,23 @@ def measure(x):
         cols, rows = coverage.max(0).values, coverage.max(1).values
         centre[n] = torch.stack([(cols * xx[0]).sum() / width, (rows * yy[:, 0]).sum() / height])
         half_width[n] = (width / W + height / H) / 4
-    shape = classify(fill)
-    least = min(SHAPE_FILL[d] for d in DOMAINS) - FILL_MARGIN
-    shape[(fill < least) | (contrast < MIN_CONTRAST) | ~off_ring] = -1
+        aspect[n] = width / height
+        tilt[n] = ((coverage * yy).sum() / coverage.sum().clamp(min=1e-6) - centre[n, 1]) * H / height
+    if task == 'shapes':
+        shape = classify(fill)
+        least = min(SHAPE_FILL[d] for d in DOMAINS) - FILL_MARGIN
+        bad = fill < least
+    elif task == 'bars':
+        shape = (aspect < 1).long()                                  # 0 horizontal, 1 vertical
+        bad = (fill < MIN_BAR_FILL) | (torch.maximum(aspect, 1 / aspect) < MIN_BAR_ASPECT)
+    elif task == 'updown':
+        shape = (tilt > 0).long()                                    # 0 down, 1 up
+        bad = ((fill - SHAPE_FILL['triangle']).abs() > 2 * FILL_MARGIN) | (tilt.abs() < MIN_TILT)
+    else:
+        raise ValueError(f'unknown demo task {task!r}: one of {", ".join(TASKS)}')
+    shape[bad | (contrast < MIN_CONTRAST) | ~off_ring] = -1
     return Munch(bg=bg, fg=fg, mask=mask, fill=fill, shape=shape, contrast=contrast, centre=centre,
-                 half_width=half_width)
+                 half_width=half_width, aspect=aspect, tilt=tilt)
 
 
 def classify(fill):

@@ -35,7 +35,7 @@ import os
 import torch
 from munch import Munch
 
-from core.demo.data import DOMAINS, content_distance, measure
+from core.demo.data import TASKS, content_distance, measure
 
 NUM_Z = 8
 
@@ -51,10 +51,12 @@ def colour_distance(a, b):
 
 
 @torch.no_grad()
-def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777):
-    """The scores (a dict of floats, see the module docstring) of nets on sources (x_src, y_src) and references."""
+def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777, task='shapes'):
+    """The scores (a dict of floats, see the module docstring) of nets on sources (x_src, y_src) and references,
+    the shapes read as task's (core.demo.data.TASKS)."""
     device = x_src.device
-    m_src, m_ref = measure(x_src), measure(x_ref)
+    measure_ = lambda x: measure(x, task)  # noqa: E731
+    m_src, m_ref = measure_(x_src), measure_(x_ref)
     s_ref = nets.style_encoder(x_ref, y_ref)
     correct, err, err_src, content, content_chance = [], [], [], [], []
     for j in range(x_ref.size(0)):
@@ -63,7 +65,7 @@ def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777):
             continue
         x = x_src[keep]
         x_fake = nets.generator(x, s_ref[j:j + 1].expand(x.size(0), -1))
-        m, m_kept = measure(x_fake), pick(m_src, keep.cpu())
+        m, m_kept = measure_(x_fake), pick(m_src, keep.cpu())
         correct.append(m.shape == int(y_ref[j]))
         err.append(colour_distance(m, pick(m_ref, [j])))
         err_src.append(colour_distance(m, m_kept))
@@ -80,7 +82,7 @@ def score_translations(nets, x_src, y_src, x_ref, y_ref, latent_dim, seed=777):
                 continue
             y_trg = torch.full((NUM_Z,), y, dtype=torch.long, device=device)
             x_fake = nets.generator(x_src[i:i + 1].expand(NUM_Z, -1, -1, -1), nets.mapping_network(z, y_trg))
-            m = measure(x_fake)
+            m = measure_(x_fake)
             latent_correct.append(m.shape == y)
             latent_content.append(content_distance(m, pick(m_src, [i] * NUM_Z)))
             a, b = zip(*itertools.combinations(range(NUM_Z), 2))
@@ -118,11 +120,12 @@ def score_demo(nets_ema, args, device, step=None, write=True):
     for m in nets_ema.values():
         m.eval()
     try:
-        scores = score_translations(nets_ema, x, y, x, y, args.latent_dim, seed=args.seed)
+        task = args.get('demo_task', 'shapes')
+        scores = score_translations(nets_ema, x, y, x, y, args.latent_dim, seed=args.seed, task=task)
     finally:
         for k, m in nets_ema.items():
             m.train(was_training[k])
-    scores = dict(step=step, domains=list(DOMAINS[:args.num_domains]), **scores)
+    scores = dict(step=step, task=task, domains=list(TASKS[task][:args.num_domains]), **scores)
     print('Demo score%s: domain accuracy %.1f%% (latent %.1f%%; chance 50%%), style error %.3f (chance %.3f; '
           'to the source %.3f), content error %.3f (latent %.3f; ignoring the source %.3f), latent diversity %.3f' % (
               '' if step is None else f' at step {step}', 100 * scores['domain_accuracy'],

@@ -10,7 +10,7 @@ from munch import Munch
 from PIL import Image
 
 from core.data_loader import get_test_loader
-from core.demo.data import (DOMAINS, SHADE, DemoDataError, content_distance, draw_sample, make_demo_dataset,
+from core.demo.data import (DOMAINS, SHADE, TASKS, DemoDataError, content_distance, draw_sample, make_demo_dataset,
                             measure, prepare_demo_data, ring_width)
 
 
@@ -137,3 +137,37 @@ def test_never_writes_beside_someone_s_data(tmp_path):
     assert prepare_demo_data(str(tmp_path / 'new' / 'train'), str(tmp_path / 'new' / 'val'), 16, n_train=2,
                              n_val=1) is True
     assert sorted(os.listdir(tmp_path / 'new' / 'train')) == list(DOMAINS)
+
+
+@pytest.mark.parametrize('task', sorted(TASKS))
+def test_each_task_reads_back_its_own_data(tmp_path, task):
+    """Every task of the family: measure(x, task) reads every shape's kind, place and size right."""
+    root = make_demo_dataset(str(tmp_path / task), n_train=40, n_val=1, task=task)
+    loader = get_test_loader(os.path.join(root, 'train'), img_size=32, batch_size=1000, shuffle=False, num_workers=0)
+    x, y = next(iter(loader))
+    m = measure(x, task)
+    assert (m.shape == y).all(), (m.fill, m.aspect, m.tilt)
+    labels = json.load(open(os.path.join(root, 'labels.json')))
+    names = [os.path.relpath(f, root) for f in loader.dataset.samples]
+    assert [labels[n]['domain'] for n in names] == [TASKS[task][int(k)] for k in y]
+    centre = torch.tensor([labels[n]['centre'] for n in names])
+    half_width = torch.tensor([labels[n]['half_width'] for n in names])
+    assert (m.centre - centre).abs().max() * 32 < 0.65      # a down-pointing apex: a thin blend at the bottom
+    assert (m.half_width - half_width).abs().max() * 32 < 0.55
+    if task == 'bars':  # the other kinds are neither bar: squares (aspect 1) and triangles (fill 1/2)
+        shapes = make_demo_dataset(str(tmp_path / 'shapes'), n_train=10, n_val=1)
+        xs, _ = next(iter(get_test_loader(os.path.join(shapes, 'train'), img_size=32, batch_size=100,
+                                          shuffle=False, num_workers=0)))
+        assert (measure(xs, 'bars').shape == -1).all()
+    if task == 'updown':  # squares point neither way
+        square = torch.full((1, 3, 32, 32), -1.0)
+        square[:, :, 8:20, 10:22] = 1
+        assert measure(square, task).shape.tolist() == [-1]
+
+
+def test_tasks_draw_the_same_content_and_style():
+    """The tasks differ only in the domain: the same seed draws the same colours, place and size in each."""
+    a = draw_sample(np.random.default_rng(5), 'square')[1]
+    for domain in ('horizontal', 'vertical', 'up', 'down', 'triangle'):
+        b = draw_sample(np.random.default_rng(5), domain)[1]
+        assert (a.fg, a.bg, a.half_width) == (b.fg, b.bg, b.half_width)
