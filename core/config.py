@@ -32,7 +32,6 @@ PRESETS = {
     # docs/demo.md: what it reaches, how fast, the sweep (scripts/demo_sweep.py) and what else was tried
     'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
                  lambda_cyc=1, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, ema_beta=0.98, randcrop_prob=0, num_threads=1,
-                 optim_impl='fused', memory_format='channels_last',  # the same to rounding, faster: docs/benchmarks.md
                  batch_size=4, val_batch_size=8, total_iters=1500, print_every=20, sample_every=250,
                  save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',

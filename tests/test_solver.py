@@ -301,12 +301,11 @@ def test_sigint_saves_a_checkpoint_and_exits(tmp_path):
     assert not [f for f in os.listdir(tmp_path / 'ckpt') if f.endswith('.tmp')]
 
 
-def test_the_demo_adam_implementation_updates_as_the_reference_loop():
-    """The demo's --optim_impl against PyTorch's per-parameter loop (the reference's Adam on the CPU): the demo's
+@pytest.mark.parametrize('impl', ['fused', 'foreach'])
+def test_each_adam_implementation_updates_as_the_reference_loop(impl):
+    """--optim_impl against PyTorch's per-parameter loop (the reference's Adam on the CPU): the demo's
     hyperparameters, five steps of random gradients in float64, so that only a formula difference could show."""
-    from core.config import PRESETS
     from core.solver import optim_impl_kwargs
-    impl = PRESETS['demo']['optim_impl']
     g = torch.Generator().manual_seed(0)
     shapes = [(16, 3, 3, 3), (16,), (64, 64), (1,)]
     start = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
@@ -327,10 +326,11 @@ def test_the_demo_adam_implementation_updates_as_the_reference_loop():
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize('speed', [dict(optim_impl='fused'), dict(memory_format='channels_last'), 'demo'])
+@pytest.mark.parametrize('speed', [dict(optim_impl='fused'), dict(memory_format='channels_last'),
+                                   dict(optim_impl='fused', memory_format='channels_last')])
 def test_training_steps_with_each_speed_setting_match_the_reference(speed):
-    """Three training steps in float64 with Adam's fused implementation, the channels_last layout, and the demo
-    preset's choice of both, against the reference's step (the per-parameter loop, contiguous): loss terms and every
+    """Three training steps in float64 with Adam's fused implementation, the channels_last layout, and both,
+    against the reference's step (the per-parameter loop, contiguous): loss terms and every
     parameter (networks and EMA copies) the same to rounding.
     The conv biases of G before an instance norm have a true gradient of zero (the norm removes them): what they get is
     rounding noise, which Adam scales up to moves of a few thousandths of a step whatever the implementation, and which
@@ -340,9 +340,6 @@ def test_training_steps_with_each_speed_setting_match_the_reference(speed):
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        from core.config import PRESETS
-        if speed == 'demo':
-            speed = {k: PRESETS['demo'][k] for k in ('optim_impl', 'memory_format')}
         out = {}
         for name, kw in (('loop', dict(optim_impl='loop', memory_format='contiguous')), ('other', speed)):
             torch.manual_seed(0)
