@@ -17,16 +17,16 @@ from tqdm import tqdm
 
 from core import utils
 from core.checkpoint import RunCheckpoint, remove_leftover_temp_files, resolve_resume_step
-from core.machinery.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
 from core.data_loader import InputFetcher
-from core.machinery.distributed import (all_reduce_mean, all_reduce_mean_grads, any_rank, barrier, get_world_size,
-                                       is_main_process, resolve_device)
 from core.losses import (adv_loss, compute_d_loss, compute_g_loss, d_logits_and_r1,  # noqa: F401 (public surface)
                          lambda_ds_at, moving_average, r1_reg)
-from core.machinery.side_jobs import SideJobError, SideJobs, check_before_training
+from core.machinery.compile import compile_nets, cudagraphs_enabled, explain_compile_errors
+from core.machinery.distributed import (all_reduce_mean, all_reduce_mean_grads, any_rank, barrier, get_world_size,
+                                       is_main_process, resolve_device)
 from core.machinery.micro_batch import resolve_micro_batch, split_batch, weighted_terms
-from core.model import build_model, masks_of
+from core.machinery.side_jobs import SideJobError, SideJobs, check_before_training
 from core.machinery.train_log import LOSS_NAMES, NonFiniteGuard, NonFiniteLossError, TrainLogger, stop_signals  # noqa: F401
+from core.model import build_model, masks_of
 
 
 def optim_impl_kwargs(args):

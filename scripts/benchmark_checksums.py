@@ -12,15 +12,18 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 import torch
 from munch import Munch
 
-from core.machinery import integrity
-from core.checkpoint import RunCheckpoint, atomic_write
-from core.config import parse_args
-from core.model import build_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
+from core.checkpoint import RunCheckpoint, atomic_write  # noqa: E402
+from core.config import parse_args  # noqa: E402
+from core.machinery import integrity  # noqa: E402
+from core.model import build_model  # noqa: E402
 
 
 def main():

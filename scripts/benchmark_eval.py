@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import OrderedDict, defaultdict
@@ -29,14 +30,16 @@ from munch import Munch
 from PIL import Image
 from torchvision import models
 
-import metrics.eval as E
-import metrics.fid as fid
-import metrics.lpips as lp
-from core import utils
-from core.config import complete_args
-from core.machinery.distributed import resolve_device
-from core.model import build_model
-from metrics.weights import ALEXNET, INCEPTION
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
+from core import utils  # noqa: E402
+from core.config import complete_args  # noqa: E402
+from core.machinery.distributed import resolve_device  # noqa: E402
+from core.model import build_model  # noqa: E402
+import metrics.eval as E  # noqa: E402
+import metrics.fid as fid  # noqa: E402
+import metrics.lpips as lp  # noqa: E402
+from metrics.weights import ALEXNET, INCEPTION  # noqa: E402
 
 
 def calibrate_batchnorm_(net, x):

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 from core.checkpoint import CheckpointIO  # noqa: E402
 from core.config import parse_args  # noqa: E402
 import core.demo.data as demo_data  # noqa: E402
-from core.model import build_model, masks_of  # noqa: E402
 from core.machinery.distributed import resolve_device  # noqa: E402
+from core.model import build_model, masks_of  # noqa: E402
 
 VARIANTS = ('hpf', 'unet', 'none')
 MODES = ('latent', 'reference')

@@ -21,10 +21,10 @@ import re
 from munch import Munch
 
 from core.checkpoint import atomic_write
-from core.files.ckpt_settings import read_nets_file
 from core.data_loader import DataError
-from core.machinery.safe_load import SAFETENSORS_FORMAT
+from core.files.ckpt_settings import read_nets_file
 from core.inference.translate import Translator, domain_names, resolve_checkpoint, settings_of, with_file_settings
+from core.machinery.safe_load import SAFETENSORS_FORMAT
 
 EXPORTED = ('generator', 'mapping_network', 'style_encoder')
 

@@ -40,11 +40,11 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from core.checkpoint import load_into, skip_variant
-from core.files.ckpt_settings import infer_settings, read_nets_file
 from core.config import PRESET_DOMAINS, parse_args
 from core.data_loader import PHOTO_EXTENSIONS, DataError
-from core.model import build_model, masks_of
+from core.files.ckpt_settings import infer_settings, read_nets_file
 from core.machinery.safe_load import file_metadata
+from core.model import build_model, masks_of
 from core.utils import average_style, denormalize
 
 SHEET_ROWS = 32      # rows per contact sheet (JPEG cannot be taller than 65,535 pixels)

@@ -12,8 +12,8 @@ from conftest import tiny_args
 from core.checkpoint import CheckpointIO, RunCheckpoint
 from core.config import parse_args
 from core.inference.export import export_cli
-from core.model import build_model
 from core.inference.translate import Translator, resolve_checkpoint, translate_cli
+from core.model import build_model
 
 pytest.importorskip('safetensors')
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -12,8 +12,8 @@ from conftest import REPO, tiny_args
 from core.checkpoint import CheckpointIO
 from core.config import parse_args
 from core.inference.export import export_cli
-from core.model import build_model, masks_of
 from core.inference.translate import Translator, to_pil
+from core.model import build_model, masks_of
 
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')

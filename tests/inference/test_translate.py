@@ -13,9 +13,9 @@ from PIL import Image
 
 from conftest import DATA, REPO, tiny_args
 from core.checkpoint import CheckpointIO
-from core.model import build_model
 from core.inference.translate import (TranslateError, Translator, domain_index, find_images, open_rgb, resolve_checkpoint,
                             square_tensor, to_pil, translate_cli)
+from core.model import build_model
 from core.utils import average_style
 
 pytestmark = pytest.mark.usefixtures('one_thread')

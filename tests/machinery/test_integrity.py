@@ -10,10 +10,10 @@ import torch
 from munch import Munch
 
 from conftest import tiny_args
-from core.machinery import integrity
 from core.checkpoint import CheckpointIO, RunCheckpoint
-from core.model import MappingNetwork, build_model
+from core.machinery import integrity
 from core.machinery.run_identity import DataChangedError, check_resume, describe_change, fingerprint
+from core.model import MappingNetwork, build_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 GFE = ('generator', 'mapping_network', 'style_encoder')

@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import REPO, tiny_args
 from core.data_loader import DataError
-from core.machinery.plots import PANELS, plot_losses, read_log
 from core.inference.representative import check_representative
+from core.machinery.plots import PANELS, plot_losses, read_log
 from core.machinery.train_log import LOSS_NAMES
 
 

@@ -14,8 +14,8 @@ import torch
 
 from conftest import REPO, tiny_args
 from core.checkpoint import CheckpointIO, RunCheckpoint, legacy_state_globals, rng_state, set_rng_state
-from core.model import build_model
 from core.machinery.safe_load import NetworkFileError, UnsafeFileError, load_torch_file
+from core.model import build_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -14,9 +14,9 @@ import torch
 from munch import Munch
 from PIL import Image
 
+from core.model import build_model
 import metrics.eval as E
 import metrics.fid as fid
-from core.model import build_model
 from metrics.weights import WeightsNotFoundError
 from scripts import benchmark_eval
 from scripts.benchmark_eval import write_random_weights

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from torchvision import models
 
-import metrics.fid as fid
 from core import utils
 from core.data_loader import get_eval_loader
 from metrics.eval import PngWriter
+import metrics.fid as fid
 from metrics.weights import INCEPTION, WeightsNotFoundError, cached_path, resolve_weights
 from scripts.benchmark_eval import write_random_weights
 

@@ -9,9 +9,9 @@ import torch
 from munch import Munch
 from PIL import Image
 
+from core.align import LEFT_EYE, RIGHT_EYE
 import metrics.eval as E
 import metrics.intactness as I
-from core.align import LEFT_EYE, RIGHT_EYE
 from metrics.lpips import load_lpips
 from scripts.benchmark_eval import write_random_weights
 from test_eval import FakeInception, cheap_distance

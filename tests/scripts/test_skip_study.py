@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-import metrics.eval as E
 import core.demo.data as demo_data
 from core.demo.data import DOMAINS, draw_shape, make_demo_dataset
+import metrics.eval as E
 from scripts import skip_study
 from scripts.benchmark_eval import write_random_weights
 from test_eval import cheap_distance
