@@ -288,7 +288,7 @@ def test_two_processes_in_chunks_match_one(runs, data):
     """--micro_batch 1 under torchrun: each rank's batch of 2 in chunks of 1, gradients accumulated, then one
     all-reduce per optimiser step: the 1-process whole-batch run's networks, and the unchunked run's all-reduce count
     (6 gradient all-reduces per iteration, one per optimiser step, plus the logged terms' and, on each log step, the
-    ranks' agreement on whether a side job failed)."""
+    ranks' agreement on whether a side job failed; and once before training, on whether rank 0's checks passed)."""
     root, _, _ = runs
     log = root / 'chunks.log'
     rc, out = _wait(_start(2, FLAGS + _dirs(root, 'chunks', data) + ['--micro_batch', '1'], log, SG2_TEST_FLOAT64=1,
@@ -302,7 +302,7 @@ def test_two_processes_in_chunks_match_one(runs, data):
         chunks = json.loads((root / 'counts_chunks' / f'rank{rank}.json').read_text())
         whole = json.loads((root / 'counts_two' / f'rank{rank}.json').read_text())
         assert (chunks['micro_batch'], whole['micro_batch']) == (1, 2)
-        assert chunks['all_reduce'] == whole['all_reduce'] == STEPS * (6 + 1 + 1)  # --print_every 1
+        assert chunks['all_reduce'] == whole['all_reduce'] == 1 + STEPS * (6 + 1 + 1)  # --print_every 1
 
 
 def test_a_problem_found_before_training_ends_every_rank(tmp_path, data):
