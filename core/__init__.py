@@ -4,6 +4,7 @@ align.py (the face alignment of CelebA-HQ), utils.py, sampling.py and video.py (
 
 Beside it, subpackages that serve it, each importing the method and never imported by it unless it says so:
 machinery/ (the training run: processes, chunks, compile, logs, safe loading, checksums; the Solver and checkpoint
-use it), files/ (network files made elsewhere: a file's settings, fine-tuning from one; the Solver uses finetune), inference/ (uses of a
-trained network: translate, the studio, export), demo/ (the quickstart's synthetic data and its score).
+use it), files/ (network files made elsewhere: a file's settings, fine-tuning from one; the Solver uses finetune),
+inference/ (uses of a trained network: translate, the studio, export), demo/ (the quickstart's synthetic data and
+its score).
 """

@@ -5,8 +5,9 @@
     solver.sample(loaders)     # loaders: Munch(src, ref)  -> core/sampling.py
     solver.evaluate()          # FID and LPIPS             -> metrics/eval.py
 
-Checkpoint files: core/checkpoint.py (their checksums: core/machinery/integrity.py; the training set a resume must share:
-core/machinery/run_identity.py); logging and the stop signals: core/machinery/train_log.py; --compile: core/machinery/compile.py.
+Checkpoint files: core/checkpoint.py (their checksums: core/machinery/integrity.py; the training set a resume must
+share: core/machinery/run_identity.py); logging and the stop signals: core/machinery/train_log.py; --compile:
+core/machinery/compile.py; the jobs beside training: core/machinery/side_jobs.py.
 """
 import contextlib
 
