@@ -68,14 +68,11 @@ def decode_error(fname):
     return None
 
 
-_decode_error = decode_error  # what check_images calls (the tests count its calls)
-
-
 def check_images(fnames, skip_bad=False):
     """Fully decodes every image once (in threads: PIL releases the GIL while decoding); returns the good ones.
     Bad files are an error naming them, or with skip_bad a warning listing them."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        bad = [b for b in pool.map(_decode_error, fnames, chunksize=16) if b is not None]
+        bad = [b for b in pool.map(decode_error, fnames, chunksize=16) if b is not None]
     if bad and not skip_bad:
         raise DataError(f'{len(bad)} unreadable or truncated image(s): ' + '; '.join(bad[:10]) +
                         ('; ...' if len(bad) > 10 else '') + '. Fix or remove them, or pass --skip_bad_images.')

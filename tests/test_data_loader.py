@@ -117,8 +117,8 @@ def test_images_are_checked_once_for_both_training_loaders(tmp_path, monkeypatch
     import core.data_loader as dl
     root = make_demo_dataset(str(tmp_path / 'd'), n_train=3, n_val=1, size=16)
     calls = []
-    orig = dl._decode_error
-    monkeypatch.setattr(dl, '_decode_error', lambda f: calls.append(f) or orig(f))
+    orig = dl.decode_error
+    monkeypatch.setattr(dl, 'decode_error', lambda f: calls.append(f) or orig(f))
     loader(root)
     loader(root, 'reference')
     assert len(calls) == 6  # 2 domains x 3 images, once
