@@ -112,6 +112,9 @@ def get_parser():
     p.add_argument('--d_lr', type=float, default=0,
                    help='Learning rate for D (0: --lr, as the reference); for the balance of D against G')
     p.add_argument('--e_lr', type=float, default=0, help='Learning rate for E (0: --lr, as the reference)')
+    p.add_argument('--lr_decay_from', type=int, default=0,
+                   help='From this iteration on, every learning rate (G, F, E, D) falls linearly to 0 at --total_iters, '
+                        'as CycleGAN\'s second half (0: constant rates, the reference\'s)')
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')

@@ -53,6 +53,14 @@ def match_state_layouts(optims):
                     state[key] = torch.empty_like(p).copy_(value)
 
 
+def lr_factor(step, total_iters, decay_from):
+    """The share of each network's learning rate used at (0-based) iteration `step`: 1 throughout without a decay
+    (decay_from 0, the reference), else 1 before `decay_from` and then a straight line to 0 at `total_iters`."""
+    if decay_from <= 0 or step < decay_from or total_iters <= decay_from:
+        return 1.0
+    return max(0.0, (total_iters - step) / (total_iters - decay_from))
+
+
 def every(period, step):
     return period > 0 and step % period == 0
 
@@ -118,6 +126,11 @@ class Solver(nn.Module):
         one detached tensor (no host sync). With --micro_batch each step runs over chunks of the batch, their
         gradients accumulated (core/machinery/micro_batch.py): the whole batch's update and terms, to float rounding."""
         args, nets = self.args, self.nets
+        if args.get('lr_decay_from', 0) > 0:  # a function of the step alone: a resume continues the same schedule
+            factor = lr_factor(step, args.total_iters, args.lr_decay_from)
+            for name, optim in self.optims.items():
+                for group in optim.param_groups:
+                    group['lr'] = self._lr(name) * factor
         weights = Munch(w_hpf=args.w_hpf, lambda_reg=args.lambda_reg, lambda_sty=args.lambda_sty,
                         lambda_cyc=args.lambda_cyc, lambda_ds=lambda_ds_at(step, args.lambda_ds, args.ds_iter))
         if self.channels_last:  # oneDNN's own layout: no reorder before and after each convolution

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import REPO, tiny_args
 from core.checkpoint import find_latest_step
-from core.solver import NonFiniteLossError, Solver
+from core.solver import NonFiniteLossError, Solver, lr_factor
 
 
 def batch(args, seed=0):
@@ -125,6 +125,28 @@ def _assert_terms_close(t_comp, t_eager):
     assert torch.allclose(t_comp, t_eager, rtol=1e-3, atol=0)
 
 
+def test_learning_rate_decay_is_a_function_of_the_step():
+    assert [lr_factor(s, 10, 0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the reference: constant
+    assert [lr_factor(s, 10, 6) for s in (0, 5, 6, 7, 9)] == [1.0, 1.0, 1.0, 0.75, 0.25]
+    # each network's own rate falls by the same share, and Adam's first update (about lr * sign(g)) with it: F's,
+    # stepped once per iteration (D, G twice)
+    deltas = {}
+    for step in (0, 3):
+        torch.manual_seed(0)
+        args = tiny_args(lr=1e-3, f_lr=1e-4, d_lr=2e-3, total_iters=4, lr_decay_from=2)
+        solver = Solver(args)
+        before = snapshot(solver)
+        solver.train_step(batch(args), step)
+        want = dict(generator=1e-3, mapping_network=1e-4, style_encoder=1e-3, discriminator=2e-3)
+        factor = 0.5 if step == 3 else 1.0
+        assert {k: o.param_groups[0]['lr'] for k, o in solver.optims.items()} == pytest.approx(
+            {k: v * factor for k, v in want.items()})
+        deltas[step] = torch.cat([(a - b).flatten() for a, b in zip(before['mapping_network'],
+                                                                    solver.nets.mapping_network.parameters())])
+    ratio = deltas[3].abs().sum() / deltas[0].abs().sum()
+    assert abs(ratio.item() - 0.5) < 1e-3
+
+
 def test_compiled_training_step_matches_eager():
     """--compile captures the whole step (R1 included, through d_logits_and_r1) without graph breaks or
     recompilations after the first iteration, and computes the eager step's loss terms. aot_eager: the dynamo and
@@ -181,7 +203,7 @@ def train(args, total, resume=0):
 def test_resume_equals_straight_run(tmp_path):
     data = write_dataset(tmp_path / 'data')
     common = dict(train_img_dir=os.path.join(data, 'train'), val_img_dir=os.path.join(data, 'val'), save_every=2,
-                  print_every=1, ds_iter=5, lambda_ds=2.0)
+                  print_every=1, ds_iter=5, lambda_ds=2.0, lr_decay_from=1)  # the resumed steps at 2/3 and 1/3
     a = tiny_args(checkpoint_dir=str(tmp_path / 'a'), sample_dir=str(tmp_path / 'sa'), **common)
     b = tiny_args(checkpoint_dir=str(tmp_path / 'b'), sample_dir=str(tmp_path / 'sb'), **common)
     train(a, 4)
