@@ -48,7 +48,7 @@ def main(args):
         from core.demo.data import prepare_demo_data
         if dist_info.rank == 0:
             on_demo_data = prepare_demo_data(args.train_img_dir, args.val_img_dir, args.img_size,
-                                             task=args.demo_task)
+                                             task=args.demo_task, colours=args.demo_colours)
         barrier()  # the other ranks read it next
 
     from core.inference.representative import check_representative

@@ -43,6 +43,7 @@ PRESETS = {
 
 # what the demo's two domains can differ in (core/demo/data.TASKS draws them; named here, where the flag is)
 DEMO_TASKS = ('shapes', 'bars', 'updown')
+DEMO_COLOURS = ('palette', 'light')
 
 # the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
 PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'square,triangle'}
@@ -138,6 +139,9 @@ def get_parser():
                    help='With --preset demo: what the synthetic domains differ in (core/demo/data.py, docs/demo.md): '
                         'shapes (square/triangle), bars (horizontal/vertical), updown (a triangle pointing down/up); '
                         'the data is drawn into expr/demo_data (shapes) or expr/demo_data_<task>')
+    p.add_argument('--demo_colours', type=str, default='palette', choices=DEMO_COLOURS,
+                   help='With --preset demo: the styles of the synthetic data (core/demo/data.py): palette (8 shape '
+                        'colours on 3 backgrounds), light (the 8 shape colours on the light background only)')
     p.add_argument('--device', type=str, default='auto', help='auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...')
     p.add_argument('--num_threads', type=int, default=0,
                    help='CPU threads of PyTorch (torch.set_num_threads; 0: PyTorch\'s default, one per core). The demo '

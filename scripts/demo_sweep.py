@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from core.config import DEMO_TASKS, PRESETS  # noqa: E402
+from core.config import DEMO_COLOURS, DEMO_TASKS, PRESETS  # noqa: E402
 
 RESULTS = os.path.join(REPO, 'docs', 'demo_sweep', 'results.jsonl')
 WORK = os.path.join(REPO, 'expr', 'sweep')
@@ -71,8 +71,8 @@ def read_rows(path=RESULTS):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_key(flags, task, iters):
-    return json.dumps(flags, sort_keys=True), task, iters
+def run_key(flags, task, iters, colours='palette'):
+    return json.dumps(flags, sort_keys=True), task, iters, colours
 
 
 def flag_list(flags):
@@ -99,14 +99,19 @@ def logged_wall(log):
     return int(h or 0) * 3600 + int(m) * 60 + int(sec)
 
 
-def train_and_score(name, flags, task, iters, points, lock, results):
-    tag = f'{name}__{task}__{iters}'
+def data_dir(task, colours):
+    return os.path.join(WORK, f'data_{task}' if colours == 'palette' else f'data_{task}_{colours}')
+
+
+def train_and_score(name, flags, task, iters, points, lock, results, colours='palette'):
+    tag = f'{name}__{task}__{iters}' + ('' if colours == 'palette' else f'__{colours}')
     root = os.path.join(WORK, tag)
-    data = os.path.join(WORK, f'data_{task}')
+    data = data_dir(task, colours)
     steps = sorted({round(iters * (k + 1) / points) for k in range(points)})
     dirs = ['--train_img_dir', f'{data}/train', '--val_img_dir', f'{data}/val', '--src_dir', f'{data}/src',
             '--ref_dir', f'{data}/ref', '--checkpoint_dir', f'{root}/ckpt', '--sample_dir', f'{root}/samples']
-    common = ['--preset', 'demo', '--demo_task', task, '--device', 'cpu'] + dirs + flag_list(flags)
+    common = ['--preset', 'demo', '--demo_task', task, '--demo_colours', colours, '--device', 'cpu'] + dirs + \
+        flag_list(flags)
     os.makedirs(root, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=REPO)
     cmd = ['nice', '-n', '10', sys.executable, 'main.py', '--mode', 'train', *common, '--total_iters', str(iters),
@@ -136,7 +141,7 @@ def train_and_score(name, flags, task, iters, points, lock, results):
                                  '--resume_iter', str(s)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         with open(fname) as f:
             score = json.load(f)
-        rows.append(dict(setting=name, flags=flags, preset=PRESET_NOW, task=task, iters=iters, step=s,
+        rows.append(dict(setting=name, flags=flags, preset=PRESET_NOW, task=task, colours=colours, iters=iters, step=s,
                          train_s=round(wall * s / iters),
                          run_wall_s=round(wall), date=time.strftime('%Y-%m-%d'),
                          **{k: v for k, v in score.items() if k not in ('step', 'task', 'domains')}))
@@ -163,9 +168,14 @@ HEADER = ('| setting | task | step (of) | domain | latent domain | style (chance
           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 
 
+def task_label(r):
+    colours = r.get('colours', 'palette')  # rows before --colours: the palette
+    return r['task'] if colours == 'palette' else f"{r['task']} ({colours})"
+
+
 def fmt_row(r):
     return ('| %s | %s | %d (%d) | %.2f | %.2f | %.3f (%.3f) | %.3f (%.3f) | %.3f | %.3f (%.3f) | %d | %s |' % (
-        r['setting'], r['task'], r['step'], r['iters'], r['domain_accuracy'], r['latent_domain_accuracy'],
+        r['setting'], task_label(r), r['step'], r['iters'], r['domain_accuracy'], r['latent_domain_accuracy'],
         r['style_error'], r['style_error_chance'], r['content_error'], r['content_error_chance'], r['latent_content_error'],
         r['latent_diversity'], r['style_error_chance'], r['train_s'], 'yes' if passes(r) else ''))
 
@@ -175,7 +185,7 @@ def summary(rows):
     last step, and the step of the best domain accuracy (the lower of reference- and latent-guided) when earlier."""
     runs = {}
     for r in rows:
-        key = (r['setting'], r['task'])
+        key = (r['setting'], task_label(r))
         if r['iters'] >= runs.get(key, [dict(iters=-1)])[0]['iters']:
             runs[key] = [x for x in runs.get(key, []) if x['iters'] == r['iters']] + [r]
     out = []
@@ -200,6 +210,7 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=1500)
     p.add_argument('--points', type=int, default=3, help='scored checkpoints per run, evenly spaced')
     p.add_argument('--jobs', type=int, default=2, help='runs at once (one thread each)')
+    p.add_argument('--colours', default='palette', choices=DEMO_COLOURS, help='the data\'s styles (--demo_colours)')
     p.add_argument('--results', default=RESULTS)
     p.add_argument('--table', action='store_true', help='print the table and exit')
     p.add_argument('--final', action='store_true', help='the table: per setting and task, the last step of its longest '
@@ -211,16 +222,17 @@ def main(argv=None):
     tasks = list(DEMO_TASKS) if a.tasks == 'all' else a.tasks.split(',')
     sep = ';' if ';' in a.settings or ':' in a.settings else ','
     settings = [parse_setting(s.strip()) for s in a.settings.split(sep) if s.strip()]
-    done = {run_key(r['flags'], r['task'], r['iters']) for r in read_rows(a.results)}
-    todo = [(n, f, t) for n, f in settings for t in tasks if run_key(f, t, a.iters) not in done]
+    done = {run_key(r['flags'], r['task'], r['iters'], r.get('colours', 'palette')) for r in read_rows(a.results)}
+    todo = [(n, f, t) for n, f in settings for t in tasks if run_key(f, t, a.iters, a.colours) not in done]
     print(f'{len(todo)} run(s) to do, {len(settings) * len(tasks) - len(todo)} already in {a.results}', flush=True)
     from core.demo.data import make_demo_dataset
     for t in {t for _, _, t in todo}:  # drawn once, before runs that share it start
-        make_demo_dataset(os.path.join(WORK, f'data_{t}'), task=t)
+        make_demo_dataset(data_dir(t, a.colours), task=t, colours=a.colours)
     os.makedirs(os.path.dirname(a.results), exist_ok=True)
     lock = threading.Lock()
     with ThreadPoolExecutor(a.jobs) as pool:
-        for fut in [pool.submit(train_and_score, n, f, t, a.iters, a.points, lock, a.results) for n, f, t in todo]:
+        for fut in [pool.submit(train_and_score, n, f, t, a.iters, a.points, lock, a.results, a.colours)
+                    for n, f, t in todo]:
             fut.result()
     print(table(read_rows(a.results)))
 

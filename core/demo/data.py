@@ -78,12 +78,12 @@ PALETTE_BG = ((222, 222, 222), (35, 35, 35), (128, 128, 128))
 
 
 def draw_colours(rng, colours='palette'):
-    """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart: from the palettes above, or uniform over
-    RGB with colours='uniform'. bg is the background's colour half-way down (SHADE above it at the top)."""
+    """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart: from the palettes above, the shape colours
+    on the light background alone with colours='light', or uniform over RGB with colours='uniform'. bg is the background's colour half-way down (SHADE above it at the top)."""
     while True:
-        if colours == 'palette':
+        if colours in ('palette', 'light'):
             fg = np.array(PALETTE_FG[rng.integers(len(PALETTE_FG))])
-            bg = np.array(PALETTE_BG[rng.integers(len(PALETTE_BG))])
+            bg = np.array(PALETTE_BG[rng.integers(len(PALETTE_BG)) if colours == 'palette' else 0])
         else:
             fg, bg = rng.integers(0, 256, 3), rng.integers(SHADE, 256 - SHADE, 3)
         if np.linalg.norm((fg - bg) / 255.0) >= MIN_COLOUR_DISTANCE:

@@ -20,3 +20,11 @@ def test_settings_and_the_aim():
     assert not S.passes(row(style_error=0.2))                # over half the chance level
     assert not S.passes(row(train_s=700))                    # over the quickstart's 10 minutes
     assert '| s | shapes | 10 (10) | 0.95 | 0.92 |' in S.table([row()])
+
+
+def test_rows_of_other_data_styles_are_runs_of_their_own():
+    # rows written before --colours hold no colours: the palette's
+    assert S.run_key({'a': 1}, 'bars', 10) == S.run_key({'a': 1}, 'bars', 10, 'palette')
+    assert S.run_key({'a': 1}, 'bars', 10) != S.run_key({'a': 1}, 'bars', 10, 'light')
+    assert '| s | bars (light) |' in S.table([row(task='bars', colours='light')])
+    assert S.data_dir('bars', 'palette').endswith('data_bars') and S.data_dir('bars', 'light').endswith('data_bars_light')
