@@ -22,18 +22,20 @@ PRESETS = {
                  src_dir='assets/representative/afhq/src', ref_dir='assets/representative/afhq/ref',
                  studio_inputs='assets/representative/afhq/src', studio_refs='assets/representative/afhq/ref'),
     # the quickstart: a synthetic two-domain set drawn on first use (core/demo/data.py: squares and triangles at
-    # random places and sizes; --demo_task picks another task of the family) at 32 px, narrow networks (16-64
-    # channels), minutes on one CPU thread: batch 4 (twice the iterations of batch 8 in the same time: the shapes need
-    # iterations more than larger batches), a high learning rate, F's a tenth of it (the paper's 1/100 leaves F at its
-    # initialisation in a short run: one style per domain for every latent code), R1 0.1 (the paper's 1 kept D too
-    # smooth to tell a blob from the target's shape: G learned the colours but not the domain), a short EMA, no random
-    # crops (they would move and scale the content the score checks), the paper's cycle weight (1; 2 kept the
-    # source's shape longer) and the diversity weight 1 nearly constant (the paper's ds_iter, far longer than the run).
+    # random places and sizes, in 8 colours on a light background; --demo_task picks another task of the family) at
+    # 32 px, narrow networks (16-64 channels), minutes on one CPU thread: batch 4 (twice the iterations of batch 8 in
+    # the same time), a high learning rate, F's a tenth of it (the paper's 1/100 leaves F at its initialisation in a
+    # short run), R1 0.1 (the paper's 1 kept D too smooth to tell a blob from the target's shape), half the paper's
+    # cycle weight (at 1 the cycle term kept the source's shape: the family's bars and triangles turned late or not
+    # at all), the diversity weight 2 falling to 0 over the run (the paper's schedule, compressed: ds_iter = the run),
+    # every learning rate falling to 0 over the second half (the colours settle), a short EMA, no random crops (they
+    # would move and scale the content the score checks). The first N iterations of any longer or shorter run are
+    # the quickstart's own (the schedules count steps): give --ds_iter and --lr_decay_from with --total_iters.
     # docs/demo.md: what it reaches, how fast, the sweep (scripts/demo_sweep.py) and what else was tried
-    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=1,
-                 lambda_cyc=1, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, ema_beta=0.98, randcrop_prob=0, num_threads=1,
-                 batch_size=4, val_batch_size=8, total_iters=1500, print_every=20, sample_every=250,
-                 save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
+    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=2,
+                 ds_iter=1500, lambda_cyc=0.5, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, lr_decay_from=750, ema_beta=0.98,
+                 randcrop_prob=0, num_threads=1, batch_size=4, val_batch_size=8, total_iters=1500, print_every=20,
+                 sample_every=250, save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
                  train_img_dir='expr/demo_data/train', val_img_dir='expr/demo_data/val',
                  src_dir='expr/demo_data/src', ref_dir='expr/demo_data/ref',
                  studio_inputs='expr/demo_data/val', studio_refs='expr/demo_data/val',
@@ -43,7 +45,7 @@ PRESETS = {
 
 # what the demo's two domains can differ in (core/demo/data.TASKS draws them; named here, where the flag is)
 DEMO_TASKS = ('shapes', 'bars', 'updown')
-DEMO_COLOURS = ('palette', 'light')
+DEMO_COLOURS = ('light', 'palette')
 
 # the domain names of each preset's data (sorted folder names), for --mode translate's --trg_domain
 PRESET_DOMAINS = {'celeba_hq': 'female,male', 'afhq': 'cat,dog,wild', 'demo': 'square,triangle'}
@@ -139,9 +141,9 @@ def get_parser():
                    help='With --preset demo: what the synthetic domains differ in (core/demo/data.py, docs/demo.md): '
                         'shapes (square/triangle), bars (horizontal/vertical), updown (a triangle pointing down/up); '
                         'the data is drawn into expr/demo_data (shapes) or expr/demo_data_<task>')
-    p.add_argument('--demo_colours', type=str, default='palette', choices=DEMO_COLOURS,
-                   help='With --preset demo: the styles of the synthetic data (core/demo/data.py): palette (8 shape '
-                        'colours on 3 backgrounds), light (the 8 shape colours on the light background only)')
+    p.add_argument('--demo_colours', type=str, default='light', choices=DEMO_COLOURS,
+                   help='With --preset demo: the styles of the synthetic data (core/demo/data.py, docs/demo.md): light '
+                        '(8 shape colours on a light background), palette (the same on 3 backgrounds: light, grey, dark)')
     p.add_argument('--device', type=str, default='auto', help='auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...')
     p.add_argument('--num_threads', type=int, default=0,
                    help='CPU threads of PyTorch (torch.set_num_threads; 0: PyTorch\'s default, one per core). The demo '

@@ -210,7 +210,7 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=1500)
     p.add_argument('--points', type=int, default=3, help='scored checkpoints per run, evenly spaced')
     p.add_argument('--jobs', type=int, default=2, help='runs at once (one thread each)')
-    p.add_argument('--colours', default='palette', choices=DEMO_COLOURS, help='the data\'s styles (--demo_colours)')
+    p.add_argument('--colours', default=DEMO_COLOURS[0], choices=DEMO_COLOURS, help='the data\'s styles (--demo_colours)')
     p.add_argument('--results', default=RESULTS)
     p.add_argument('--table', action='store_true', help='print the table and exit')
     p.add_argument('--final', action='store_true', help='the table: per setting and task, the last step of its longest '

@@ -77,7 +77,7 @@ PALETTE_FG = ((230, 25, 25), (30, 170, 40), (30, 60, 230), (245, 200, 0), (200, 
 PALETTE_BG = ((222, 222, 222), (35, 35, 35), (128, 128, 128))
 
 
-def draw_colours(rng, colours='palette'):
+def draw_colours(rng, colours='light'):
     """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart: from the palettes above, the shape colours
     on the light background alone with colours='light', or uniform over RGB with colours='uniform'. bg is the background's colour half-way down (SHADE above it at the top)."""
     while True:
@@ -128,7 +128,7 @@ def draw_shape(domain, fg, bg, centre, half_width, size=32):
     return img.resize((size, size), Image.BOX)
 
 
-def draw_sample(rng, domain, size=32, colours='palette'):
+def draw_sample(rng, domain, size=32, colours='light'):
     """One image and what was drawn: Munch(domain, fg, bg (uint8 RGB), centre (x, y), half_width (fractions of the
     side: the half-width of the shape's bounding box))."""
     fg, bg = draw_colours(rng, colours)
@@ -155,7 +155,7 @@ def _check_target(root):
         f'folders, or train on your own data without --preset demo.')
 
 
-def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='palette', task='shapes'):
+def make_demo_dataset(root, n_train=500, n_val=16, size=32, seed=0, n_sample=4, colours='light', task='shapes'):
     """Writes root/{train,val,src,ref}/{square,triangle}/NNNN.png (the domains of task, TASKS) and root/labels.json
     (what was drawn, per file) unless the same set is already complete; returns root. src/ref hold n_sample images
     per domain for --mode sample. Raises DemoDataError when root holds anything the demo did not write."""

@@ -40,7 +40,7 @@ def test_measure_reads_back_what_was_drawn(demo):
 
 
 def test_content_varies_independently_of_domain_and_style(demo):
-    """Place and size spread over the image in both domains and for every background: content, domain and style
+    """Place and size spread over the image in both domains and for every colour: content, domain and style
     are drawn independently (what lets a score tell a translation that keeps its source from one that does not)."""
     labels = json.load(open(os.path.join(demo, 'labels.json')))
     train = [v for k, v in labels.items() if k.startswith('train/')]
@@ -48,9 +48,18 @@ def test_content_varies_independently_of_domain_and_style(demo):
         c = torch.tensor([v['centre'] for v in train if v['domain'] == domain])
         h = torch.tensor([v['half_width'] for v in train if v['domain'] == domain])
         assert c.min() < 0.35 and c.max() > 0.65 and h.min() < 0.15 and h.max() > 0.22
-    corr = torch.corrcoef(torch.tensor([[v['half_width'], v['centre'][0], v['bg'][0], v['domain'] == DOMAINS[0]]
+    corr = torch.corrcoef(torch.tensor([[v['half_width'], v['centre'][0], v['fg'][0], v['domain'] == DOMAINS[0]]
                                         for v in train], dtype=torch.float64).T)
     assert (corr - torch.eye(4, dtype=torch.float64)).abs().max() < 0.3
+
+
+def test_the_styles_of_each_palette():
+    """--demo_colours light: the 8 shape colours on one light background; palette: the same on 3 backgrounds."""
+    from core.demo.data import PALETTE_BG, PALETTE_FG, draw_colours
+    for colours, backgrounds in (('light', PALETTE_BG[:1]), ('palette', PALETTE_BG)):
+        rng = np.random.default_rng(0)
+        drawn = [draw_colours(rng, colours) for _ in range(400)]
+        assert {fg for fg, _ in drawn} == set(PALETTE_FG) and {bg for _, bg in drawn} == set(backgrounds)
 
 
 def test_content_distance_of_the_data():
