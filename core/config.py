@@ -27,12 +27,12 @@ PRESETS = {
     # the same time), a high learning rate, F's a tenth of it (the paper's 1/100 leaves F at its initialisation in a
     # short run), R1 0.1 (the paper's 1 kept D too smooth to tell a blob from the target's shape), half the paper's
     # cycle weight (at 1 the cycle term kept the source's shape: the family's bars and triangles turned late or not
-    # at all), the diversity weight 2 falling to 0 over the run (the paper's schedule, compressed: ds_iter = the run),
+    # at all), the diversity weight 3 falling to 0 over the run (the paper's schedule, compressed: ds_iter = the run),
     # every learning rate falling to 0 over the second half (the colours settle), a short EMA, no random crops (they
     # would move and scale the content the score checks). The first N iterations of any longer or shorter run are
     # the quickstart's own (the schedules count steps): give --ds_iter and --lr_decay_from with --total_iters.
     # docs/demo.md: what it reaches, how fast, the sweep (scripts/demo_sweep.py) and what else was tried
-    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=2,
+    'demo': dict(img_size=32, num_domains=2, w_hpf=0, base_dim=16, max_conv_dim=64, hidden_dim=64, lambda_ds=3,
                  ds_iter=1500, lambda_cyc=0.5, lambda_reg=0.1, lr=1e-3, f_lr=1e-4, lr_decay_from=750, ema_beta=0.98,
                  randcrop_prob=0, num_threads=1, batch_size=4, val_batch_size=8, total_iters=1500, print_every=20,
                  sample_every=250, save_every=750, eval_every=0, num_workers=0, num_outs_per_domain=4,
