@@ -12,7 +12,10 @@ Each image shows one shape on a shaded background, and three things about it var
 - domain, what the target domain changes: the kind of shape, a square or an upright triangle (which fills half of
   its bounding box: the two differ in a quarter of the box at each top corner, which a person sees at a glance and
   a small generator learns to draw; a disc differs from a square only in four thin corners);
-- style, what a reference or a latent code gives: the colours, a saturated shape colour on a neutral background.
+- style, what a reference or a latent code gives: the shape's colour, one of 8 saturated colours, on the light
+  neutral background (colours='palette': on one of 3 neutral backgrounds, light, grey or dark; docs/demo.md says
+  why the demo keeps one: the style encoder learns only from G's outputs, which keep a light background in a short
+  run, so the styles of grey and dark references were outside what G was trained on).
 The background is shaded from light at the top to dark at the bottom (why: SHADE).
 That is the task 'shapes'; TASKS holds the family (--demo_task), which differs only in what the domain changes
 (bars lying or standing, a triangle pointing down or up), and measure(x, task) reads each task's kind of shape.
