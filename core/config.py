@@ -116,8 +116,8 @@ def get_parser():
                    help='Learning rate for D (0: --lr, as the reference); for the balance of D against G')
     p.add_argument('--e_lr', type=float, default=0, help='Learning rate for E (0: --lr, as the reference)')
     p.add_argument('--lr_decay_from', type=int, default=0,
-                   help='From this iteration on, every learning rate (G, F, E, D) falls linearly to 0 at --total_iters, '
-                        'as CycleGAN\'s second half (0: constant rates, the reference\'s)')
+                   help='From this iteration on, every learning rate (G, F, E, D) falls linearly to 0 at '
+                        '--total_iters, as CycleGAN\'s second half (0: constant rates, the reference\'s)')
     p.add_argument('--beta1', type=float, default=0.0, help='Decay rate for 1st moment of Adam')
     p.add_argument('--beta2', type=float, default=0.99, help='Decay rate for 2nd moment of Adam')
     p.add_argument('--weight_decay', type=float, default=1e-4, help='Weight decay for optimizer')
@@ -142,8 +142,9 @@ def get_parser():
                         'shapes (square/triangle), bars (horizontal/vertical), updown (a triangle pointing down/up); '
                         'the data is drawn into expr/demo_data (shapes) or expr/demo_data_<task>')
     p.add_argument('--demo_colours', type=str, default='light', choices=DEMO_COLOURS,
-                   help='With --preset demo: the styles of the synthetic data (core/demo/data.py, docs/demo.md): light '
-                        '(8 shape colours on a light background), palette (the same on 3 backgrounds: light, grey, dark)')
+                   help='With --preset demo: the styles of the synthetic data (core/demo/data.py, docs/demo.md): '
+                        'light (8 shape colours on a light background), palette (the same on 3 backgrounds: light, '
+                        'grey, dark)')
     p.add_argument('--device', type=str, default='auto', help='auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...')
     p.add_argument('--num_threads', type=int, default=0,
                    help='CPU threads of PyTorch (torch.set_num_threads; 0: PyTorch\'s default, one per core). The demo '

@@ -107,7 +107,8 @@ def train_and_score(name, flags, task, iters, points, lock, results, colours='pa
     tag = f'{name}__{task}__{iters}' + ('' if colours == 'palette' else f'__{colours}')
     root = os.path.join(WORK, tag)
     data = data_dir(task, colours)
-    steps = sorted({round(iters * (k + 1) / points) for k in range(points)})
+    # the saved steps: multiples of the first (--save_every) and the last
+    steps = sorted({iters // points * (k + 1) for k in range(points - 1)} | {iters})
     dirs = ['--train_img_dir', f'{data}/train', '--val_img_dir', f'{data}/val', '--src_dir', f'{data}/src',
             '--ref_dir', f'{data}/ref', '--checkpoint_dir', f'{root}/ckpt', '--sample_dir', f'{root}/samples']
     common = ['--preset', 'demo', '--demo_task', task, '--demo_colours', colours, '--device', 'cpu'] + dirs + \
@@ -210,7 +211,8 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=1500)
     p.add_argument('--points', type=int, default=3, help='scored checkpoints per run, evenly spaced')
     p.add_argument('--jobs', type=int, default=2, help='runs at once (one thread each)')
-    p.add_argument('--colours', default=DEMO_COLOURS[0], choices=DEMO_COLOURS, help='the data\'s styles (--demo_colours)')
+    p.add_argument('--colours', default=DEMO_COLOURS[0], choices=DEMO_COLOURS,
+                   help='the data\'s styles (--demo_colours)')
     p.add_argument('--results', default=RESULTS)
     p.add_argument('--table', action='store_true', help='print the table and exit')
     p.add_argument('--final', action='store_true', help='the table: per setting and task, the last step of its longest '

@@ -82,7 +82,8 @@ PALETTE_BG = ((222, 222, 222), (35, 35, 35), (128, 128, 128))
 
 def draw_colours(rng, colours='light'):
     """(fg, bg) as uint8 RGB triples at least MIN_COLOUR_DISTANCE apart: from the palettes above, the shape colours
-    on the light background alone with colours='light', or uniform over RGB with colours='uniform'. bg is the background's colour half-way down (SHADE above it at the top)."""
+    on the light background alone with colours='light', or uniform over RGB with colours='uniform'. bg is the
+    background's colour half-way down (SHADE above it at the top)."""
     while True:
         if colours in ('palette', 'light'):
             fg = np.array(PALETTE_FG[rng.integers(len(PALETTE_FG))])

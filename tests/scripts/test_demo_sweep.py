@@ -27,4 +27,5 @@ def test_rows_of_other_data_styles_are_runs_of_their_own():
     assert S.run_key({'a': 1}, 'bars', 10) == S.run_key({'a': 1}, 'bars', 10, 'palette')
     assert S.run_key({'a': 1}, 'bars', 10) != S.run_key({'a': 1}, 'bars', 10, 'light')
     assert '| s | bars (light) |' in S.table([row(task='bars', colours='light')])
-    assert S.data_dir('bars', 'palette').endswith('data_bars') and S.data_dir('bars', 'light').endswith('data_bars_light')
+    assert S.data_dir('bars', 'palette').endswith('data_bars')
+    assert S.data_dir('bars', 'light').endswith('data_bars_light')
