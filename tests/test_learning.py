@@ -6,9 +6,9 @@ outputs lose their sources. Both are asserted, so this test fails when learning 
     python -m pytest -q tests/test_learning.py -s     # -s prints both scores
 
 The demo preset itself, stopped after 500 of its 1,500 iterations (the same 500 steps as the quickstart's); the two
-runs side by side, one thread each (135 s wall with /usr/bin/time on 2 CPU cores shared with two training runs,
-measured 2026-12-07). Measured then: domain accuracy 0.98 (latent-guided 0.88) and content error 0.070 (0.076) for the
-correct run; 0.11 (0.09) and 0.316 (0.359: noise) with the fake term's sign flipped, against 0.276 for a generator
+runs side by side, one thread each (115 s wall with /usr/bin/time on 2 CPU cores shared with a training run,
+measured 2026-12-07). Measured then: domain accuracy 0.92 (latent-guided 0.82) and content error 0.083 (0.087) for the
+correct run; 0.00 (0.03) and 0.436 (0.408: noise) with the fake term's sign flipped, against 0.276 for a generator
 that ignores its source. The bar for the domain (0.75) leaves room for another CPU's rounding: a GAN run amplifies it.
 """
 import json
