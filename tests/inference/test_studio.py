@@ -37,6 +37,23 @@ def picture(path, seed, size=(48, 40)):
     return str(path)
 
 
+def as_from_a_terminal():
+    """In the server's process before it starts: Ctrl-C reaches it as it reaches one started from a terminal. A job
+    started in the background (`... &`, as CI may be) hands its children SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler; a blocked SIGINT is inherited too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def signal_state(pid):
+    """The SigBlk/SigIgn/SigCgt lines of /proc/PID/status (Linux), for a server that does not stop."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            return ''.join(line for line in f if line.startswith(('SigBlk', 'SigIgn', 'SigCgt')))
+    except OSError:
+        return ''
+
+
 def start_server(root, ckpt_dir, net_log, *flags, env=None):
     """main.py --mode serve on ckpt_dir, the folders of root, under tests/net_guard.py; (process, the page's
     address, its output so far), once it prints the address."""
@@ -46,7 +63,8 @@ def start_server(root, ckpt_dir, net_log, *flags, env=None):
            '--wing_path', str(root / 'no_wing.ckpt'), *flags]
     env = dict(os.environ, PYTHONUNBUFFERED='1', NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost',
                **(env or {}))
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=as_from_a_terminal)
     lines, url, t0 = [], None, time.time()
     while url is None and time.time() - t0 < START_TIMEOUT_S:
         line = proc.stdout.readline()
@@ -64,11 +82,12 @@ def start_server(root, ckpt_dir, net_log, *flags, env=None):
 def stop_server(proc, lines):
     proc.send_signal(signal.SIGINT)  # Ctrl-C: how a page is stopped, not an error
     try:
-        # a server just past 12 clients closes in seconds, but took over 30 s on 2 cores shared with two trainings
-        assert proc.wait(timeout=120) == 0, ''.join(lines) + proc.stdout.read()
+        assert proc.wait(timeout=30) == 0, ''.join(lines) + proc.stdout.read()
     except subprocess.TimeoutExpired:
+        state = signal_state(proc.pid)
         proc.kill()
-        raise
+        pytest.fail(f'the server did not stop within 30 s of Ctrl-C; its signals:\n{state}its output:\n'
+                    + ''.join(lines) + proc.stdout.read())
 
 
 @pytest.fixture(scope='module')
